@@ -1,0 +1,113 @@
+//! The agent's command line, resolved into a configuration that cannot be
+//! invalid.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use sentineld_common::layout::StateLayout;
+
+/// How the collector is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CollectorMode {
+    /// The agent starts procmond itself, restarts it when it dies and stops
+    /// it on shutdown.
+    Standalone,
+    /// procmond is started separately (e.g. its own systemd unit) and
+    /// connects to the agent's socket.
+    External,
+}
+
+/// sentinelagent: stores what procmond collects and serves it to sentinelcli.
+#[derive(Debug, Parser)]
+#[command(name = "sentinelagent", version = sentineld_common::VERSION)]
+pub struct AgentArgs {
+    /// Directory for the store, procmond's files and (unless --socket is
+    /// given) the collector socket. Default: /var/lib/sentineld as root,
+    /// the XDG state directory otherwise.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Path of the collector socket. Default: inside --state-dir if given,
+    /// else /run/sentineld as root, the XDG runtime directory otherwise.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// How often procmond scans (passed to the procmond the agent starts).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = sentineld_common::time::parse_duration)]
+    pub scan_interval: Duration,
+
+    /// Start and supervise procmond (standalone) or wait for one started
+    /// separately (external).
+    #[arg(long, value_enum, default_value_t = CollectorMode::Standalone)]
+    pub collector: CollectorMode,
+
+    /// The procmond executable to start in standalone mode. Default: the
+    /// `procmond` beside this executable.
+    #[arg(long, value_name = "PATH")]
+    pub procmond: Option<PathBuf>,
+
+    /// Most collector connections served at once; more wait to be accepted.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_connections: u32,
+}
+
+/// A validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub layout: StateLayout,
+    pub scan_interval: Duration,
+    pub collector: CollectorMode,
+    /// Set in standalone mode: the procmond executable to supervise.
+    pub procmond: Option<PathBuf>,
+    pub max_connections: usize,
+    /// How long a new connection may take to send its handshake.
+    pub handshake_timeout: Duration,
+    /// How long shutdown waits for procmond to exit before killing it.
+    pub stop_timeout: Duration,
+}
+
+/// Why the command line cannot be turned into a configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error(
+        "procmond not found at {path}: build the whole workspace (cargo build --release), pass --procmond PATH, or use --collector external"
+    )]
+    ProcmondMissing { path: PathBuf },
+    #[error(
+        "cannot find this executable's directory to locate procmond: {0}; pass --procmond PATH"
+    )]
+    CurrentExe(#[source] std::io::Error),
+}
+
+impl AgentConfig {
+    pub fn from_args(args: AgentArgs) -> Result<AgentConfig, ConfigError> {
+        let layout = StateLayout::resolve(args.state_dir.as_deref(), args.socket.as_deref());
+        let procmond = match args.collector {
+            CollectorMode::External => None,
+            CollectorMode::Standalone => {
+                let path = match args.procmond {
+                    Some(path) => path,
+                    None => {
+                        let exe = std::env::current_exe().map_err(ConfigError::CurrentExe)?;
+                        exe.with_file_name(format!("procmond{}", std::env::consts::EXE_SUFFIX))
+                    }
+                };
+                if !path.is_file() {
+                    return Err(ConfigError::ProcmondMissing { path });
+                }
+                Some(path)
+            }
+        };
+        Ok(AgentConfig {
+            layout,
+            scan_interval: args.scan_interval,
+            collector: args.collector,
+            procmond,
+            max_connections: args.max_connections as usize,
+            handshake_timeout: Duration::from_secs(5),
+            stop_timeout: Duration::from_secs(5),
+        })
+    }
+}

@@ -1,0 +1,147 @@
+//! sentinelagent: the unprivileged half of SentinelD.
+//!
+//! It owns the store: it accepts procmond's frames on the collector socket,
+//! writes each batch in one redb transaction, and acknowledges it. In
+//! standalone mode it also starts and supervises procmond.
+
+pub mod config;
+pub(crate) mod ingest;
+pub mod lockfile;
+pub(crate) mod server;
+pub mod stats;
+pub mod store;
+pub(crate) mod supervisor;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use interprocess::local_socket::GenericFilePath;
+use interprocess::local_socket::ListenerOptions;
+use interprocess::local_socket::tokio::prelude::*;
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::AgentConfig;
+use crate::lockfile::{LockError, StateLock};
+use crate::stats::AgentStats;
+use crate::store::{Store, StoreError};
+
+/// Why the agent could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the storage thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn create_private_dir(path: &Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| AgentError::CreateDir {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn listen(path: &Path) -> Result<LocalSocketListener, AgentError> {
+    let err = |source| AgentError::Listen {
+        path: path.to_path_buf(),
+        source,
+    };
+    // The state lock is held, so a socket file left here belongs to a dead
+    // agent of this state directory: remove it rather than fail.
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let name = path.to_fs_name::<GenericFilePath>().map_err(err)?;
+    ListenerOptions::new()
+        .name(name)
+        .mode(0o600)
+        .create_tokio()
+        .map_err(err)
+}
+
+/// Runs the agent until `shutdown` is cancelled, then stops procmond,
+/// finishes the batches in flight and returns.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let layout = &config.layout;
+    create_private_dir(&layout.state_dir)?;
+    let _lock = StateLock::acquire(&layout.lock())?;
+    if let Some(dir) = layout.socket.parent() {
+        create_private_dir(dir)?;
+    }
+    let store = Store::open(&layout.store())?;
+    let stats = Arc::new(AgentStats::default());
+    let (ingest, writer) = ingest::spawn(store, Arc::clone(&stats)).map_err(AgentError::Thread)?;
+    let listener = listen(&layout.socket)?;
+    info!(
+        state_dir = %layout.state_dir.display(),
+        socket = %layout.socket.display(),
+        "sentinelagent listening"
+    );
+
+    let supervisor = config.procmond.clone().map(|program| {
+        let spec = supervisor::Supervised {
+            program,
+            args: procmond_args(&config),
+            stop_timeout: config.stop_timeout,
+        };
+        tokio::spawn(supervisor::supervise(
+            spec,
+            Arc::clone(&stats),
+            shutdown.clone(),
+        ))
+    });
+
+    let ctx = Arc::new(server::ServerContext {
+        ingest,
+        stats: Arc::clone(&stats),
+        handshake_timeout: config.handshake_timeout,
+    });
+    server::serve(listener, ctx, config.max_connections, shutdown.clone()).await;
+
+    if let Some(supervisor) = supervisor {
+        let _ = supervisor.await;
+    }
+    // Every handle is gone once the server returned: the writer drains and ends.
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    let _ = std::fs::remove_file(&layout.socket);
+    info!("sentinelagent stopped");
+    Ok(())
+}
+
+fn procmond_args(config: &AgentConfig) -> Vec<OsString> {
+    let layout = &config.layout;
+    vec![
+        "--state-dir".into(),
+        layout.procmond_dir().into_os_string(),
+        "--socket".into(),
+        layout.socket.clone().into_os_string(),
+        "--scan-interval".into(),
+        humantime::format_duration(config.scan_interval)
+            .to_string()
+            .into(),
+        "--exit-with-parent".into(),
+    ]
+}

@@ -1,0 +1,260 @@
+//! The read-only view: what `sentinelcli` (and the agent's API) query.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use redb::{
+    ConcurrencyMode, Database, Key, ReadOnlyDatabase, ReadOnlyTable, ReadTransaction,
+    ReadableDatabase, ReadableTable, TableDefinition, TableHandle, Value,
+};
+use sentineld_proto::v1::{ProcessRecord, Sample};
+use sentineld_proto::view::ProcessView;
+
+use crate::store::schema::{
+    self, BY_PID, INSTANCES, LATEST, LIVE, META, SAMPLES, SCANS, ScanRecord, ShowKey,
+};
+use crate::store::{RedbResultExt, StoreError};
+
+/// Page cache of a reader (redb's default is 1 GiB).
+const READER_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Read-only view of a store. Opened in redb's `SingleWriter` mode with
+/// `open_read_only`, so it works while the agent writes and cannot write
+/// itself. Each call reads in a fresh transaction: it sees the latest commit.
+pub struct StoreReader {
+    db: ReadOnlyDatabase,
+    path: PathBuf,
+}
+
+impl fmt::Debug for StoreReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreReader")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A live instance with its record and latest sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredProcess {
+    pub boot_id: [u8; 16],
+    pub record: ProcessRecord,
+    pub latest: Option<Sample>,
+}
+
+impl StoredProcess {
+    /// The process as users see it, with the latest sample's figures.
+    pub fn view(&self) -> ProcessView {
+        ProcessView::new(&self.record, self.latest.as_ref())
+    }
+}
+
+/// One stored sample of one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPoint {
+    pub boot_id: [u8; 16],
+    pub pid: u32,
+    /// Start time of the instance, unix seconds.
+    pub start_time: i64,
+    /// When the sample was taken (its scan's time), unix milliseconds.
+    pub time_ms: i64,
+    pub sample: Sample,
+}
+
+/// One stored scan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanRow {
+    pub scan_id: u64,
+    /// When the scan started, unix milliseconds.
+    pub time_ms: i64,
+    pub process_count: u32,
+    pub duration_us: u64,
+    pub started: u32,
+    pub exited: u32,
+    pub snapshot: bool,
+    pub boot_id: [u8; 16],
+}
+
+impl StoreReader {
+    /// Opens the store at `path` read-only and checks that it is a SentinelD
+    /// store of a schema this build reads.
+    pub fn open(path: &Path) -> Result<StoreReader, StoreError> {
+        let db = Database::builder()
+            .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+            .set_cache_size(READER_CACHE_BYTES)
+            .open_read_only(path)
+            .map_err(|e| StoreError::from_open(path, e, true))?;
+        let txn = db.begin_read().in_store(path)?;
+        let names: Vec<String> = txn
+            .list_tables()
+            .in_store(path)?
+            .map(|t| t.name().to_owned())
+            .collect();
+        if names.is_empty() {
+            return Err(StoreError::not_a_store(
+                path,
+                "it is a redb database without tables (if sentinelagent is starting, retry)",
+            ));
+        }
+        if !names.iter().any(|n| n == META.name()) {
+            return Err(StoreError::not_a_store(
+                path,
+                "it is a redb database without a meta table",
+            ));
+        }
+        let meta = txn.open_table(META).map_err(|e| match e {
+            redb::TableError::TableTypeMismatch { .. } => {
+                StoreError::not_a_store(path, "its meta table has other types")
+            }
+            e => StoreError::redb(path, e),
+        })?;
+        schema::check_meta(path, &meta)?;
+        drop(meta);
+        drop(txn);
+        Ok(StoreReader {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn begin(&self) -> Result<ReadTransaction, StoreError> {
+        self.db.begin_read().in_store(&self.path)
+    }
+
+    fn table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        txn: &ReadTransaction,
+        def: TableDefinition<K, V>,
+    ) -> Result<ReadOnlyTable<K, V>, StoreError> {
+        txn.open_table(def).map_err(|e| match e {
+            redb::TableError::TableDoesNotExist(name) => {
+                StoreError::corrupt(&self.path, format!("table {name} is missing"))
+            }
+            e => StoreError::redb(&self.path, e),
+        })
+    }
+
+    /// Every instance alive at the latest scan, with its latest sample,
+    /// sorted by pid (then start time).
+    pub fn live(&self) -> Result<Vec<StoredProcess>, StoreError> {
+        let path = self.path.as_path();
+        let txn = self.begin()?;
+        let live = self.table(&txn, LIVE)?;
+        let instances = self.table(&txn, INSTANCES)?;
+        let latest = self.table(&txn, LATEST)?;
+        let mut out = Vec::new();
+        for entry in live.iter().in_store(path)? {
+            let (key, _) = entry.in_store(path)?;
+            let key = key.value();
+            let record = instances.get(key).in_store(path)?.ok_or_else(|| {
+                StoreError::corrupt(
+                    path,
+                    format!("table live, key {}: no record in instances", ShowKey(key)),
+                )
+            })?;
+            let record: ProcessRecord =
+                schema::decode(path, record.value(), "instances", ShowKey(key))?;
+            let latest = match latest.get(key).in_store(path)? {
+                Some(v) => Some(schema::decode(path, v.value(), "latest", ShowKey(key))?),
+                None => None,
+            };
+            out.push(StoredProcess {
+                boot_id: schema::boot_bytes(key.0),
+                record,
+                latest,
+            });
+        }
+        out.sort_by_key(|p| {
+            let i = p.record.instance.unwrap_or_default();
+            (i.pid, i.start_time)
+        });
+        Ok(out)
+    }
+
+    /// The samples of every stored instance that had `pid`, oldest first;
+    /// `limit` keeps the newest N.
+    pub fn history(&self, pid: u32, limit: Option<usize>) -> Result<Vec<HistoryPoint>, StoreError> {
+        let path = self.path.as_path();
+        let txn = self.begin()?;
+        let by_pid = self.table(&txn, BY_PID)?;
+        let samples = self.table(&txn, SAMPLES)?;
+        let keep = limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        if keep == 0 {
+            return Ok(out);
+        }
+        let range = (pid, u128::MIN, i64::MIN)..=(pid, u128::MAX, i64::MAX);
+        for entry in by_pid.range(range).in_store(path)? {
+            let (key, _) = entry.in_store(path)?;
+            let (pid, boot, start) = key.value();
+            let range = (boot, start, pid, i64::MIN)..=(boot, start, pid, i64::MAX);
+            // Newest first, so a limit reads at most `keep` rows per instance.
+            for row in samples.range(range).in_store(path)?.rev().take(keep) {
+                let (key, value) = row.in_store(path)?;
+                let (_, _, _, time_ms) = key.value();
+                let sample = schema::decode(
+                    path,
+                    value.value(),
+                    "samples",
+                    format_args!("{} time {time_ms}", ShowKey((boot, start, pid))),
+                )?;
+                out.push(HistoryPoint {
+                    boot_id: schema::boot_bytes(boot),
+                    pid,
+                    start_time: start,
+                    time_ms,
+                    sample,
+                });
+            }
+        }
+        out.sort_by_key(|p| (p.time_ms, p.start_time));
+        if out.len() > keep {
+            out.drain(..out.len() - keep);
+        }
+        Ok(out)
+    }
+
+    /// Scan rows, newest first, at most `limit`.
+    pub fn scans(&self, limit: Option<usize>) -> Result<Vec<ScanRow>, StoreError> {
+        let path = self.path.as_path();
+        let txn = self.begin()?;
+        let scans = self.table(&txn, SCANS)?;
+        let mut out = Vec::new();
+        for entry in scans
+            .iter()
+            .in_store(path)?
+            .rev()
+            .take(limit.unwrap_or(usize::MAX))
+        {
+            let (key, value) = entry.in_store(path)?;
+            let scan_id = key.value();
+            let row: ScanRecord =
+                schema::decode(path, value.value(), "scans", format_args!("{scan_id}"))?;
+            let boot_id = <[u8; 16]>::try_from(row.boot_id.as_slice()).map_err(|_| {
+                StoreError::corrupt(
+                    path,
+                    format!(
+                        "table scans, key {scan_id}: boot id of {} bytes, expected 16",
+                        row.boot_id.len()
+                    ),
+                )
+            })?;
+            out.push(ScanRow {
+                scan_id,
+                time_ms: row.time_ms,
+                process_count: row.process_count,
+                duration_us: row.duration_us,
+                started: row.started,
+                exited: row.exited,
+                snapshot: row.snapshot,
+                boot_id,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,195 @@
+//! The store's tables, keys and value encodings, schema version 1.
+//!
+//! `docs/store-format.md` documents every table byte by byte. Keys are
+//! fixed-width redb tuples of little-endian integers; values are prost
+//! messages, so fields can be added without a schema change.
+
+use std::fmt;
+use std::path::Path;
+
+use prost::Message;
+use redb::{ReadableTable, TableDefinition};
+use sentineld_proto::v1::{InstanceRef, ScanStats};
+
+use crate::store::{RedbResultExt, StoreError};
+
+/// The schema this build writes and the newest one it reads.
+pub(crate) const SCHEMA_VERSION: u64 = 1;
+
+/// `meta["magic"]`: names the product, so a foreign redb file is refused.
+pub(crate) const MAGIC: &[u8] = b"sentineld-store";
+
+pub(crate) const META_MAGIC: &str = "magic";
+pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
+pub(crate) const META_CREATED_MS: &str = "created_ms";
+pub(crate) const META_CREATED_BY: &str = "created_by";
+
+/// (boot id, start time in unix seconds, pid): one process instance.
+pub(crate) type InstanceKey = (u128, i64, u32);
+/// (pid, boot id, start time): the `by_pid` index.
+pub(crate) type PidKey = (u32, u128, i64);
+/// (boot id, start time, pid, sample time in unix milliseconds).
+pub(crate) type SampleKey = (u128, i64, u32, i64);
+/// (boot id, scan time in unix milliseconds, collector scan_seq).
+pub(crate) type ScanKey = (u128, i64, u64);
+
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const INSTANCES: TableDefinition<InstanceKey, &[u8]> = TableDefinition::new("instances");
+pub(crate) const BY_PID: TableDefinition<PidKey, ()> = TableDefinition::new("by_pid");
+pub(crate) const LIVE: TableDefinition<InstanceKey, ()> = TableDefinition::new("live");
+pub(crate) const LATEST: TableDefinition<InstanceKey, &[u8]> = TableDefinition::new("latest");
+pub(crate) const EXITS: TableDefinition<InstanceKey, i64> = TableDefinition::new("exits");
+pub(crate) const SAMPLES: TableDefinition<SampleKey, &[u8]> = TableDefinition::new("samples");
+pub(crate) const SCANS: TableDefinition<u64, &[u8]> = TableDefinition::new("scans");
+pub(crate) const SCAN_KEYS: TableDefinition<ScanKey, u64> = TableDefinition::new("scan_keys");
+
+/// One row of `scans`: what one complete scan carried.
+///
+/// Tags 1-8 are the scan's identity and totals; new fields (the scan digest
+/// of the audit ledger will be tag 14) are only ever added.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct ScanRecord {
+    /// When the scan started, unix milliseconds (the batch's `time_ms`).
+    #[prost(int64, tag = "1")]
+    pub time_ms: i64,
+    /// Live processes in the scan (last chunk's `process_count`).
+    #[prost(uint32, tag = "2")]
+    pub process_count: u32,
+    /// How long collection took, microseconds (last chunk's `duration_us`).
+    #[prost(uint64, tag = "3")]
+    pub duration_us: u64,
+    /// Started records stored, all chunks.
+    #[prost(uint32, tag = "4")]
+    pub started: u32,
+    /// Instances marked exited: listed in `exited`, plus for a snapshot
+    /// those live in the store but missing from the snapshot.
+    #[prost(uint32, tag = "5")]
+    pub exited: u32,
+    #[prost(bool, tag = "6")]
+    pub snapshot: bool,
+    /// Boot id of the collector's host, 16 bytes.
+    #[prost(bytes = "vec", tag = "7")]
+    pub boot_id: Vec<u8>,
+    /// The collector's scan number in its session.
+    #[prost(uint64, tag = "8")]
+    pub scan_seq: u64,
+    /// Chunks the scan arrived in.
+    #[prost(uint32, tag = "9")]
+    pub chunks: u32,
+    /// Updated records stored.
+    #[prost(uint32, tag = "10")]
+    pub updated: u32,
+    /// Samples stored.
+    #[prost(uint32, tag = "11")]
+    pub samples: u32,
+    /// Entries skipped: samples or exits naming an instance the store does
+    /// not hold, records or samples without an instance.
+    #[prost(uint32, tag = "12")]
+    pub skipped: u32,
+    /// The collector's own counters (last chunk's `stats`).
+    #[prost(message, optional, tag = "13")]
+    pub stats: Option<ScanStats>,
+}
+
+pub(crate) fn boot_key(boot_id: [u8; 16]) -> u128 {
+    u128::from_le_bytes(boot_id)
+}
+
+pub(crate) fn boot_bytes(boot: u128) -> [u8; 16] {
+    boot.to_le_bytes()
+}
+
+/// The key of the instance `instance` names on boot `boot`.
+pub(crate) fn instance_key(boot: u128, instance: Option<&InstanceRef>) -> Option<InstanceKey> {
+    instance.map(|i| (boot, i.start_time, i.pid))
+}
+
+pub(crate) fn pid_key((boot, start, pid): InstanceKey) -> PidKey {
+    (pid, boot, start)
+}
+
+pub(crate) fn sample_key((boot, start, pid): InstanceKey, time_ms: i64) -> SampleKey {
+    (boot, start, pid, time_ms)
+}
+
+/// An instance key as errors and logs show it.
+pub(crate) struct ShowKey(pub(crate) InstanceKey);
+
+impl fmt::Display for ShowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (boot, start, pid) = self.0;
+        write!(f, "pid {pid} start {start} boot ")?;
+        for byte in boot_bytes(boot) {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a prost value, naming the table and key when it is not one.
+pub(crate) fn decode<M: Message + Default>(
+    path: &Path,
+    bytes: &[u8],
+    table: &str,
+    key: impl fmt::Display,
+) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| {
+        StoreError::corrupt(
+            path,
+            format!("table {table}, key {key}: undecodable value ({e})"),
+        )
+    })
+}
+
+/// Checks that `meta` says this is a SentinelD store this build can read.
+pub(crate) fn check_meta<T>(path: &Path, meta: &T) -> Result<(), StoreError>
+where
+    T: ReadableTable<&'static str, &'static [u8]>,
+{
+    let magic = meta.get(META_MAGIC).in_store(path)?;
+    match magic {
+        None => {
+            return Err(StoreError::not_a_store(path, "its meta table has no magic"));
+        }
+        Some(m) if m.value() != MAGIC => {
+            return Err(StoreError::not_a_store(
+                path,
+                format!(
+                    "its meta magic is {:?}, not {:?}",
+                    String::from_utf8_lossy(m.value()),
+                    String::from_utf8_lossy(MAGIC)
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    let version = meta
+        .get(META_SCHEMA_VERSION)
+        .in_store(path)?
+        .ok_or_else(|| StoreError::not_a_store(path, "its meta table has no schema version"))?;
+    let found = <[u8; 8]>::try_from(version.value())
+        .map(u64::from_le_bytes)
+        .map_err(|_| {
+            StoreError::corrupt(
+                path,
+                format!(
+                    "table meta, key {META_SCHEMA_VERSION}: {} bytes, expected 8",
+                    version.value().len()
+                ),
+            )
+        })?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaVersion {
+            path: path.to_path_buf(),
+            found,
+            expected: SCHEMA_VERSION,
+        });
+    }
+    if found == 0 {
+        return Err(StoreError::corrupt(
+            path,
+            "table meta, key schema_version: 0 is not a schema version",
+        ));
+    }
+    Ok(())
+}

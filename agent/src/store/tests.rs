@@ -1,0 +1,577 @@
+//! Store tests against real redb files in temporary directories.
+
+use std::path::{Path, PathBuf};
+
+use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use sentineld_proto::v1::{ExeInfo, HashStatus, InstanceRef, ProcessRecord, Sample, ScanBatch};
+use tempfile::TempDir;
+
+use crate::store::schema::{
+    self, BY_PID, EXITS, INSTANCES, LATEST, LIVE, META, SAMPLES, SCAN_KEYS, SCANS,
+};
+use crate::store::{BatchOutcome, Store, StoreError, StoreReader};
+
+const BOOT: [u8; 16] = [
+    0x1f, 0x2e, 0x3d, 0x4c, 0x5b, 0x6a, 0x79, 0x88, 0x97, 0xa6, 0xb5, 0xc4, 0xd3, 0xe2, 0xf1, 0x00,
+];
+const OTHER_BOOT: [u8; 16] = [7; 16];
+const T0: i64 = 1_790_000_000_000;
+
+fn start_of(pid: u32) -> i64 {
+    1_789_000_000 + i64::from(pid)
+}
+
+fn instance(pid: u32) -> InstanceRef {
+    InstanceRef {
+        pid,
+        start_time: start_of(pid),
+    }
+}
+
+fn sample(pid: u32, cpu: f32) -> Sample {
+    Sample {
+        instance: Some(instance(pid)),
+        cpu_percent: cpu,
+        rss_bytes: 4096 * u64::from(pid),
+        vms_bytes: 65536 * u64::from(pid),
+        threads: 2,
+        open_fds: Some(9),
+        status: "S".into(),
+    }
+}
+
+fn record(pid: u32) -> ProcessRecord {
+    ProcessRecord {
+        instance: Some(instance(pid)),
+        ppid: 1,
+        name: format!("proc-{pid}"),
+        exe: "/usr/bin/proc".into(),
+        cmdline: vec!["/usr/bin/proc".into(), format!("--id={pid}")],
+        uid: Some(1000),
+        user: "svc".into(),
+        exe_info: Some(ExeInfo {
+            hash_status: HashStatus::Pending as i32,
+            size: 1234,
+            ..ExeInfo::default()
+        }),
+        container_id: String::new(),
+        parent_start_time: 1_788_000_000,
+        sample: Some(sample(pid, 0.5)),
+    }
+}
+
+fn scan(scan_seq: u64, time_ms: i64) -> ScanBatch {
+    ScanBatch {
+        scan_seq,
+        last_chunk: true,
+        time_ms,
+        duration_us: 1500,
+        ..ScanBatch::default()
+    }
+}
+
+fn snapshot(scan_seq: u64, time_ms: i64, pids: &[u32]) -> ScanBatch {
+    ScanBatch {
+        snapshot: true,
+        process_count: u32::try_from(pids.len()).unwrap(),
+        started: pids.iter().map(|&p| record(p)).collect(),
+        ..scan(scan_seq, time_ms)
+    }
+}
+
+fn store_path(dir: &TempDir) -> PathBuf {
+    dir.path().join("store.redb")
+}
+
+fn live_pids(reader: &StoreReader) -> Vec<u32> {
+    reader
+        .live()
+        .unwrap()
+        .iter()
+        .map(|p| p.record.instance.unwrap().pid)
+        .collect()
+}
+
+fn instance_key(boot: [u8; 16], pid: u32) -> schema::InstanceKey {
+    (schema::boot_key(boot), start_of(pid), pid)
+}
+
+fn exit_time(path: &Path, boot: [u8; 16], pid: u32) -> Option<i64> {
+    let db = reader_db(path);
+    let txn = db.begin_read().unwrap();
+    let exits = txn.open_table(EXITS).unwrap();
+    exits
+        .get(instance_key(boot, pid))
+        .unwrap()
+        .map(|v| v.value())
+}
+
+fn reader_db(path: &Path) -> redb::ReadOnlyDatabase {
+    Database::builder()
+        .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+        .open_read_only(path)
+        .unwrap()
+}
+
+/// Rows in every table but `meta`, by table name.
+fn row_counts(path: &Path) -> Vec<(&'static str, u64)> {
+    let db = reader_db(path);
+    let txn = db.begin_read().unwrap();
+    fn len<K: redb::Key + 'static, V: redb::Value + 'static>(
+        txn: &redb::ReadTransaction,
+        def: TableDefinition<K, V>,
+    ) -> u64 {
+        txn.open_table(def).unwrap().len().unwrap()
+    }
+    vec![
+        ("instances", len(&txn, INSTANCES)),
+        ("by_pid", len(&txn, BY_PID)),
+        ("live", len(&txn, LIVE)),
+        ("latest", len(&txn, LATEST)),
+        ("exits", len(&txn, EXITS)),
+        ("samples", len(&txn, SAMPLES)),
+        ("scans", len(&txn, SCANS)),
+        ("scan_keys", len(&txn, SCAN_KEYS)),
+    ]
+}
+
+/// Opens the file as a plain redb database for writing (no `Store` open).
+fn raw_writer(path: &Path) -> Database {
+    Database::builder()
+        .set_concurrency_mode(ConcurrencyMode::SingleWriter)
+        .create(path)
+        .unwrap()
+}
+
+/// A snapshot, a diff scan and a scan with an exit.
+fn three_scans() -> Vec<ScanBatch> {
+    let first = snapshot(1, T0, &[10, 11, 12]);
+    let mut updated = record(11);
+    updated.exe_info = Some(ExeInfo {
+        sha256: vec![0xab; 32],
+        hash_status: HashStatus::Ok as i32,
+        size: 1234,
+        ..ExeInfo::default()
+    });
+    let second = ScanBatch {
+        started: vec![record(13)],
+        updated: vec![updated],
+        samples: vec![
+            sample(10, 10.0),
+            sample(11, 11.0),
+            sample(12, 12.0),
+            // Never started: skipped, not an error.
+            sample(99, 99.0),
+        ],
+        process_count: 4,
+        ..scan(2, T0 + 1000)
+    };
+    let third = ScanBatch {
+        exited: vec![instance(10)],
+        samples: vec![sample(11, 21.0), sample(12, 22.0), sample(13, 23.0)],
+        process_count: 3,
+        ..scan(3, T0 + 2000)
+    };
+    vec![first, second, third]
+}
+
+#[test]
+fn stores_a_snapshot_a_diff_and_exits() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let mut store = Store::open(&path).unwrap();
+    let reader = StoreReader::open(&path).unwrap();
+    let batches = three_scans();
+
+    let outcome = store.apply_batch(BOOT, &batches[0]).unwrap();
+    assert_eq!(
+        outcome,
+        BatchOutcome {
+            scan_id: Some(1),
+            records: 3
+        }
+    );
+    assert_eq!(live_pids(&reader), [10, 11, 12]);
+
+    let outcome = store.apply_batch(BOOT, &batches[1]).unwrap();
+    assert_eq!(
+        outcome,
+        BatchOutcome {
+            scan_id: Some(2),
+            records: 6
+        }
+    );
+    let live = reader.live().unwrap();
+    assert_eq!(live.len(), 4);
+    assert_eq!(live[0].boot_id, BOOT);
+    assert_eq!(live[0].latest.as_ref().unwrap().cpu_percent, 10.0);
+    // The started instance's latest sample is its record's first one.
+    assert_eq!(live[3].latest.as_ref().unwrap().cpu_percent, 0.5);
+    let view = live[1].view();
+    assert_eq!(view.pid, 11);
+    assert_eq!(view.hash_status, "ok");
+    assert_eq!(view.sha256.as_deref(), Some("ab".repeat(32).as_str()));
+    assert_eq!(view.cpu_percent, 11.0);
+
+    let outcome = store.apply_batch(BOOT, &batches[2]).unwrap();
+    assert_eq!(outcome.scan_id, Some(3));
+    assert_eq!(live_pids(&reader), [11, 12, 13]);
+    assert_eq!(exit_time(&path, BOOT, 10), Some(T0 + 2000));
+    assert_eq!(exit_time(&path, BOOT, 11), None);
+
+    let history = reader.history(10, None).unwrap();
+    let times: Vec<i64> = history.iter().map(|p| p.time_ms).collect();
+    assert_eq!(times, [T0, T0 + 1000]);
+    assert_eq!(history[1].sample.cpu_percent, 10.0);
+    assert_eq!(history[0].start_time, start_of(10));
+    assert_eq!(history[0].boot_id, BOOT);
+    let history = reader.history(11, None).unwrap();
+    let cpu: Vec<f32> = history.iter().map(|p| p.sample.cpu_percent).collect();
+    assert_eq!(cpu, [0.5, 11.0, 21.0]);
+    let newest = reader.history(11, Some(2)).unwrap();
+    assert_eq!(
+        newest.iter().map(|p| p.time_ms).collect::<Vec<_>>(),
+        [T0 + 1000, T0 + 2000]
+    );
+    assert!(reader.history(11, Some(0)).unwrap().is_empty());
+    assert!(reader.history(99, None).unwrap().is_empty());
+
+    let scans = reader.scans(None).unwrap();
+    let summary: Vec<_> = scans
+        .iter()
+        .map(|s| (s.scan_id, s.started, s.exited, s.process_count, s.snapshot))
+        .collect();
+    assert_eq!(
+        summary,
+        [(3, 0, 1, 3, false), (2, 1, 0, 4, false), (1, 3, 0, 3, true)]
+    );
+    assert_eq!(scans[2].time_ms, T0);
+    assert_eq!(scans[2].duration_us, 1500);
+    assert_eq!(scans[2].boot_id, BOOT);
+    let ids: Vec<u64> = reader
+        .scans(Some(2))
+        .unwrap()
+        .iter()
+        .map(|s| s.scan_id)
+        .collect();
+    assert_eq!(ids, [3, 2]);
+
+    // Scan ids continue after a restart of the writer.
+    drop(store);
+    let mut store = Store::open(&path).unwrap();
+    let outcome = store.apply_batch(BOOT, &scan(1, T0 + 9000)).unwrap();
+    assert_eq!(outcome.scan_id, Some(4));
+}
+
+#[test]
+fn snapshot_marks_absent_instances_exited() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let mut store = Store::open(&path).unwrap();
+    let reader = StoreReader::open(&path).unwrap();
+
+    // Instances left over from an earlier boot are gone after any snapshot.
+    store
+        .apply_batch(OTHER_BOOT, &snapshot(1, T0 - 50_000, &[1, 2]))
+        .unwrap();
+    // A snapshot in two chunks.
+    let mut chunk0 = snapshot(1, T0, &[1, 2, 3]);
+    chunk0.last_chunk = false;
+    let mut chunk1 = snapshot(1, T0, &[4, 5]);
+    chunk1.chunk = 1;
+    chunk1.process_count = 5;
+    assert_eq!(store.apply_batch(BOOT, &chunk0).unwrap().scan_id, None);
+    assert_eq!(store.apply_batch(BOOT, &chunk1).unwrap().scan_id, Some(2));
+    assert_eq!(live_pids(&reader), [1, 2, 3, 4, 5]);
+    assert_eq!(exit_time(&path, OTHER_BOOT, 1), Some(T0));
+    assert_eq!(reader.scans(Some(1)).unwrap()[0].exited, 2);
+    assert_eq!(reader.scans(Some(1)).unwrap()[0].started, 5);
+
+    // The collector reconnects: a new snapshot without 3 and 5.
+    let t = T0 + 5000;
+    let mut chunk0 = snapshot(1, t, &[1, 2]);
+    chunk0.last_chunk = false;
+    let mut chunk1 = snapshot(1, t, &[4, 6]);
+    chunk1.chunk = 1;
+    store.apply_batch(BOOT, &chunk0).unwrap();
+    // Nothing is reconciled before the last chunk.
+    assert_eq!(live_pids(&reader), [1, 2, 3, 4, 5]);
+    store.apply_batch(BOOT, &chunk1).unwrap();
+    assert_eq!(live_pids(&reader), [1, 2, 4, 6]);
+    assert_eq!(exit_time(&path, BOOT, 3), Some(t));
+    assert_eq!(exit_time(&path, BOOT, 5), Some(t));
+    assert_eq!(exit_time(&path, BOOT, 4), None);
+    let row = &reader.scans(Some(1)).unwrap()[0];
+    assert_eq!((row.started, row.exited, row.snapshot), (4, 2, true));
+
+    // A snapshot with a missing chunk cannot tell absent from unsent.
+    let t = T0 + 9000;
+    let mut chunk0 = snapshot(1, t, &[1]);
+    chunk0.last_chunk = false;
+    let mut chunk2 = snapshot(1, t, &[2]);
+    chunk2.chunk = 2;
+    store.apply_batch(BOOT, &chunk0).unwrap();
+    store.apply_batch(BOOT, &chunk2).unwrap();
+    assert_eq!(live_pids(&reader), [1, 2, 4, 6]);
+
+    // Nor can a snapshot received from its middle.
+    let mut late = snapshot(1, t + 1000, &[1]);
+    late.chunk = 1;
+    store.apply_batch(BOOT, &late).unwrap();
+    assert_eq!(live_pids(&reader), [1, 2, 4, 6]);
+
+    // An instance marked exited by absence that shows up again is live.
+    store
+        .apply_batch(BOOT, &snapshot(1, T0 + 20_000, &[3]))
+        .unwrap();
+    assert_eq!(live_pids(&reader), [3]);
+    assert_eq!(exit_time(&path, BOOT, 3), None);
+    assert_eq!(exit_time(&path, BOOT, 1), Some(T0 + 20_000));
+}
+
+#[test]
+fn reader_beside_the_writer_sees_each_commit() {
+    // redb's range locks are per open file description, so a reader in the
+    // same process shares the file with the writer as another process would.
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let mut store = Store::open(&path).unwrap();
+    let reader = StoreReader::open(&path).unwrap();
+    assert!(reader.live().unwrap().is_empty());
+    assert!(reader.scans(None).unwrap().is_empty());
+    for (i, batch) in three_scans().iter().enumerate() {
+        store.apply_batch(BOOT, batch).unwrap();
+        assert_eq!(reader.scans(None).unwrap().len(), i + 1);
+    }
+    assert_eq!(live_pids(&reader), [11, 12, 13]);
+    // A second reader, and the reader after the writer closed.
+    assert_eq!(
+        StoreReader::open(&path).unwrap().scans(None).unwrap().len(),
+        3
+    );
+    drop(store);
+    assert_eq!(reader.scans(None).unwrap().len(), 3);
+}
+
+#[test]
+fn a_second_writer_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let _store = Store::open(&path).unwrap();
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+    assert!(err.to_string().contains("--state-dir"), "{err}");
+}
+
+#[test]
+fn a_missing_store_is_not_found() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let err = StoreReader::open(&path).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound { path: p } if p == &path),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("--state-dir"), "{err}");
+    // Opening for reading did not create it.
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_file_that_is_not_redb_is_not_a_store() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let junk: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, &junk).unwrap();
+
+    let err = StoreReader::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("is not a SentinelD store"),
+        "{err}"
+    );
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
+    // The writer left the file as it was.
+    assert_eq!(std::fs::read(&path).unwrap(), junk);
+
+    std::fs::write(&path, b"").unwrap();
+    let err = StoreReader::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
+}
+
+#[test]
+fn a_foreign_redb_file_is_not_a_store() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    {
+        let db = raw_writer(&path);
+        let txn = db.begin_write().unwrap();
+        let other: TableDefinition<u64, u64> = TableDefinition::new("other");
+        txn.open_table(other).unwrap().insert(1, 2).unwrap();
+        txn.commit().unwrap();
+    }
+    let err = StoreReader::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
+
+    // A meta table that names another product.
+    {
+        let db = raw_writer(&path);
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("magic", b"other-product".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = StoreReader::open(&path).unwrap_err();
+    assert!(err.to_string().contains("other-product"), "{err}");
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err:?}");
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    drop(Store::open(&path).unwrap());
+    {
+        let db = raw_writer(&path);
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("schema_version", 2u64.to_le_bytes().as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    for err in [
+        StoreReader::open(&path).unwrap_err(),
+        Store::open(&path).unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                err,
+                StoreError::SchemaVersion {
+                    found: 2,
+                    expected: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
+fn an_undecodable_value_is_corrupt_not_a_panic() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    {
+        let mut store = Store::open(&path).unwrap();
+        for batch in three_scans() {
+            store.apply_batch(BOOT, &batch).unwrap();
+        }
+    }
+    // 0xff is a field key with wire type 7, which protobuf does not have.
+    let garbage = [0xffu8, 0xff, 0xff];
+    {
+        let db = raw_writer(&path);
+        let txn = db.begin_write().unwrap();
+        txn.open_table(INSTANCES)
+            .unwrap()
+            .insert(instance_key(BOOT, 12), garbage.as_slice())
+            .unwrap();
+        txn.open_table(SCANS)
+            .unwrap()
+            .insert(2, garbage.as_slice())
+            .unwrap();
+        txn.open_table(SAMPLES)
+            .unwrap()
+            .insert(
+                (schema::boot_key(BOOT), start_of(11), 11, T0),
+                garbage.as_slice(),
+            )
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let reader = StoreReader::open(&path).unwrap();
+    let err = reader.live().unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("table instances") && text.contains("pid 12"),
+        "{text}"
+    );
+    let err = reader.scans(None).unwrap_err();
+    assert!(err.to_string().contains("table scans, key 2"), "{err}");
+    // The newest row decodes; reading back to the bad one fails.
+    assert_eq!(reader.scans(Some(1)).unwrap()[0].scan_id, 3);
+    let err = reader.history(11, None).unwrap_err();
+    assert!(err.to_string().contains("table samples"), "{err}");
+    assert_eq!(reader.history(11, Some(2)).unwrap().len(), 2);
+}
+
+#[test]
+fn replaying_batches_stores_nothing_twice() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let mut store = Store::open(&path).unwrap();
+    let batches = three_scans();
+    let first: Vec<BatchOutcome> = batches
+        .iter()
+        .map(|b| store.apply_batch(BOOT, b).unwrap())
+        .collect();
+    let counts = row_counts(&path);
+    assert_eq!(
+        counts,
+        [
+            ("instances", 4),
+            ("by_pid", 4),
+            ("live", 3),
+            ("latest", 4),
+            ("exits", 1),
+            // 3 first samples, 3 + 1 in scan 2, 3 in scan 3.
+            ("samples", 10),
+            ("scans", 3),
+            ("scan_keys", 3),
+        ]
+    );
+    let before = StoreReader::open(&path).unwrap().scans(None).unwrap();
+
+    // The whole sequence again, then one batch on its own again.
+    let again: Vec<BatchOutcome> = batches
+        .iter()
+        .map(|b| store.apply_batch(BOOT, b).unwrap())
+        .collect();
+    assert_eq!(again, first);
+    assert_eq!(store.apply_batch(BOOT, &batches[1]).unwrap(), first[1]);
+    assert_eq!(row_counts(&path), counts);
+    let reader = StoreReader::open(&path).unwrap();
+    assert_eq!(reader.scans(None).unwrap(), before);
+    assert_eq!(exit_time(&path, BOOT, 10), Some(T0 + 2000));
+    assert_eq!(live_pids(&reader), [11, 12, 13]);
+}
+
+#[test]
+fn entries_without_an_instance_are_skipped() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let mut store = Store::open(&path).unwrap();
+    let mut nameless = record(5);
+    nameless.instance = None;
+    let batch = ScanBatch {
+        started: vec![nameless, record(6)],
+        samples: vec![Sample::default()],
+        exited: vec![instance(77)],
+        ..scan(1, T0)
+    };
+    let outcome = store.apply_batch(BOOT, &batch).unwrap();
+    assert_eq!(outcome.records, 4);
+    let reader = StoreReader::open(&path).unwrap();
+    assert_eq!(live_pids(&reader), [6]);
+    assert_eq!(reader.scans(None).unwrap()[0].started, 1);
+}

@@ -1,0 +1,106 @@
+//! Standalone mode: the agent starts procmond, restarts it with backoff when
+//! it dies, and stops it (SIGTERM, then SIGKILL after a grace period) on
+//! shutdown. Processes are only ever signalled by the pid the agent started.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::stats::AgentStats;
+
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A procmond that ran this long before dying restarts without delay growth.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub(crate) struct Supervised {
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) stop_timeout: Duration,
+}
+
+/// Runs procmond until `shutdown`, restarting it whenever it exits.
+pub(crate) async fn supervise(
+    spec: Supervised,
+    stats: Arc<AgentStats>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        let started = Instant::now();
+        match spawn(&spec) {
+            Ok(mut child) => {
+                let pid = child.id();
+                info!(pid, program = %spec.program.display(), "procmond started");
+                tokio::select! {
+                    status = child.wait() => {
+                        let ran = started.elapsed();
+                        if ran >= HEALTHY_RUN {
+                            backoff = BACKOFF_START;
+                        }
+                        match status {
+                            Ok(status) => warn!(pid, %status, ran_ms = ran.as_millis() as u64, restart_in_ms = backoff.as_millis() as u64, "procmond exited; restarting"),
+                            Err(e) => warn!(pid, error = %e, "cannot wait for procmond; restarting"),
+                        }
+                    }
+                    () = shutdown.cancelled() => {
+                        stop(&mut child, spec.stop_timeout).await;
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                error!(program = %spec.program.display(), error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot start procmond");
+            }
+        }
+        stats.collector_restarts.fetch_add(1, Ordering::Relaxed);
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn spawn(spec: &Supervised) -> std::io::Result<Child> {
+    Command::new(&spec.program)
+        .args(&spec.args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// SIGTERM, wait up to `grace`, then SIGKILL.
+async fn stop(child: &mut Child, grace: Duration) {
+    let Some(pid) = child.id() else {
+        return; // already reaped
+    };
+    let Ok(raw) = i32::try_from(pid) else {
+        let _ = child.kill().await;
+        return;
+    };
+    if let Err(e) = kill(Pid::from_raw(raw), Signal::SIGTERM) {
+        warn!(pid, error = %e, "cannot send SIGTERM to procmond");
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(Ok(status)) => info!(pid, %status, "procmond stopped"),
+        Ok(Err(e)) => warn!(pid, error = %e, "cannot wait for procmond"),
+        Err(_) => {
+            warn!(
+                pid,
+                grace_ms = grace.as_millis() as u64,
+                "procmond did not stop in time; killing it"
+            );
+            let _ = child.kill().await;
+        }
+    }
+}
