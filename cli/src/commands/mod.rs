@@ -1,0 +1,6 @@
+//! One module per subcommand: read from the store, shape the rows, render
+//! them in the chosen format.
+
+pub(crate) mod history;
+pub(crate) mod ps;
+pub(crate) mod scans;
