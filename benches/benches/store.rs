@@ -1,0 +1,164 @@
+//! Store write throughput: one 1,000-record batch per redb write transaction
+//! (immediate durability, so every batch includes its fsync).
+//!
+//! `started_1000`: a batch of 1,000 new instances with full records, as in a
+//! snapshot or a busy scan. `samples_1000`: the steady state, one sample for
+//! each of 1,000 live instances. Each measured batch goes into a store that
+//! already holds the earlier ones; the store is replaced (untimed) every
+//! `BATCHES_PER_STORE` batches to bound the disk the run uses.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sentineld_agent::store::Store;
+use sentineld_proto::v1::{ExeInfo, HashStatus, InstanceRef, ProcessRecord, Sample, ScanBatch};
+use tempfile::TempDir;
+
+const BOOT: [u8; 16] = [0x5e; 16];
+const RECORDS: u32 = 1000;
+const BATCHES_PER_STORE: u64 = 500;
+const T0: i64 = 1_790_000_000_000;
+
+fn instance(pid: u32) -> InstanceRef {
+    InstanceRef {
+        pid,
+        start_time: 1_789_000_000,
+    }
+}
+
+fn sample(pid: u32, tick: u64) -> Sample {
+    Sample {
+        instance: Some(instance(pid)),
+        cpu_percent: (tick % 100) as f32 / 10.0,
+        rss_bytes: 24_000_000 + u64::from(pid) * 4096,
+        vms_bytes: 1_200_000_000,
+        threads: 8,
+        open_fds: Some(42),
+        status: "S".into(),
+    }
+}
+
+/// A record about the size of a real service process (~300 bytes encoded).
+fn record(pid: u32) -> ProcessRecord {
+    ProcessRecord {
+        instance: Some(instance(pid)),
+        ppid: 1,
+        name: "postgres".into(),
+        exe: "/usr/lib/postgresql/16/bin/postgres".into(),
+        cmdline: vec![
+            "/usr/lib/postgresql/16/bin/postgres".into(),
+            "-D".into(),
+            "/var/lib/postgresql/16/main".into(),
+            "-c".into(),
+            "config_file=/etc/postgresql/16/main/postgresql.conf".into(),
+            format!("--worker-id={pid}"),
+        ],
+        uid: Some(114),
+        user: "postgres".into(),
+        exe_info: Some(ExeInfo {
+            sha256: vec![0xc3; 32],
+            hash_status: HashStatus::Ok as i32,
+            hash_error: String::new(),
+            size: 9_876_543,
+            inode: 1_573_210,
+            device: 2049,
+            mtime: 1_780_000_000,
+            deleted: false,
+        }),
+        container_id: String::new(),
+        parent_start_time: 1_788_999_000,
+        sample: Some(sample(pid, 0)),
+    }
+}
+
+fn fresh_store() -> (TempDir, Store) {
+    let dir = TempDir::new().expect("a temporary directory");
+    let store = Store::open(&dir.path().join("store.redb")).expect("a new store opens");
+    (dir, store)
+}
+
+fn bench_store(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store");
+    group.throughput(Throughput::Elements(u64::from(RECORDS)));
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(5));
+
+    // Pids never repeat within one store, so every batch inserts new rows.
+    let mut batch_no: u64 = 0;
+    group.bench_function("started_1000", |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            let (mut _dir, mut store) = fresh_store();
+            for i in 0..iters {
+                if i > 0 && i % BATCHES_PER_STORE == 0 {
+                    (_dir, store) = fresh_store();
+                }
+                batch_no += 1;
+                let base = (batch_no % 4000) as u32 * RECORDS;
+                let batch = ScanBatch {
+                    scan_seq: batch_no,
+                    last_chunk: true,
+                    time_ms: T0 + batch_no as i64 * 1000,
+                    process_count: RECORDS,
+                    started: (base..base + RECORDS).map(record).collect(),
+                    ..ScanBatch::default()
+                };
+                let start = Instant::now();
+                let outcome = store
+                    .apply_batch(BOOT, black_box(&batch))
+                    .expect("batch stored");
+                elapsed += start.elapsed();
+                black_box(outcome);
+            }
+            elapsed
+        })
+    });
+
+    let populate = || {
+        let (dir, mut store) = fresh_store();
+        let snapshot = ScanBatch {
+            scan_seq: 1,
+            last_chunk: true,
+            snapshot: true,
+            time_ms: T0,
+            process_count: RECORDS,
+            started: (0..RECORDS).map(record).collect(),
+            ..ScanBatch::default()
+        };
+        store.apply_batch(BOOT, &snapshot).expect("snapshot stored");
+        (dir, store)
+    };
+    let mut tick: u64 = 0;
+    group.bench_function("samples_1000", |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            let (mut _dir, mut store) = populate();
+            for i in 0..iters {
+                if i > 0 && i % BATCHES_PER_STORE == 0 {
+                    (_dir, store) = populate();
+                }
+                tick += 1;
+                let batch = ScanBatch {
+                    scan_seq: tick + 1,
+                    last_chunk: true,
+                    time_ms: T0 + tick as i64 * 1000,
+                    process_count: RECORDS,
+                    samples: (0..RECORDS).map(|pid| sample(pid, tick)).collect(),
+                    ..ScanBatch::default()
+                };
+                let start = Instant::now();
+                let outcome = store
+                    .apply_batch(BOOT, black_box(&batch))
+                    .expect("batch stored");
+                elapsed += start.elapsed();
+                black_box(outcome);
+            }
+            elapsed
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_store);
+criterion_main!(benches);

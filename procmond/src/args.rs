@@ -1,0 +1,122 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use sentineld_common::layout::StateLayout;
+use sentineld_common::time::parse_duration;
+
+use crate::daemon::DaemonConfig;
+use crate::scan::DEFAULT_CHUNK_RECORDS;
+use crate::scanner::ScanConfig;
+
+/// SentinelD's privileged collector: enumerates and hashes processes and
+/// sends them to sentinelagent over its local socket.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "procmond", version)]
+pub struct Args {
+    /// State directory; the socket is DIR/sentineld.sock unless --socket is given.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The agent's socket.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Time between scans.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub scan_interval: Duration,
+    /// Scan once, print one JSON object per process per line, and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Largest executable hashed, in bytes (suffixes KiB, MiB, GiB allowed).
+    #[arg(long, value_name = "BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub max_hash_size: u64,
+    /// Largest number of records in one batch sent to the agent.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CHUNK_RECORDS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub chunk_records: u32,
+    /// Longest a scan waits for the hashes of new executables before sending
+    /// them as pending.
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration)]
+    pub hash_wait: Duration,
+    /// Stop when the parent process exits (used by sentinelagent when it
+    /// supervises procmond).
+    #[arg(long)]
+    pub exit_with_parent: bool,
+}
+
+impl Args {
+    pub fn scan_config(&self) -> ScanConfig {
+        ScanConfig {
+            max_hash_size: self.max_hash_size,
+            hash_wait: self.hash_wait,
+            ..ScanConfig::default()
+        }
+    }
+
+    pub fn daemon_config(&self) -> DaemonConfig {
+        let layout = StateLayout::resolve(self.state_dir.as_deref(), self.socket.as_deref());
+        DaemonConfig {
+            socket: layout.socket,
+            scan_interval: self.scan_interval,
+            chunk_records: self.chunk_records as usize,
+            scan: self.scan_config(),
+        }
+    }
+}
+
+/// Parses a byte count: a plain number or one with a binary suffix (`K`,
+/// `KiB`, `M`, `MiB`, `G`, `GiB`, case-insensitive).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, suffix) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: expected bytes, e.g. 1048576 or 256MiB"))?;
+    let unit: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "invalid size {text:?}: unknown unit {other:?} (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("invalid size {text:?}: too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("2 GiB"), Ok(2 << 30));
+        assert!(
+            parse_size("12 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn defaults_and_layout() {
+        let args = Args::parse_from(["procmond", "--state-dir", "/x"]);
+        assert_eq!(args.max_hash_size, 256 << 20);
+        assert_eq!(args.chunk_records, 1000);
+        assert_eq!(args.scan_interval, Duration::from_secs(1));
+        let d = args.daemon_config();
+        assert_eq!(d.socket, PathBuf::from("/x/sentineld.sock"));
+        assert_eq!(d.scan.hash_wait, Duration::from_millis(250));
+        assert!(Args::try_parse_from(["procmond", "--chunk-records", "0"]).is_err());
+    }
+}

@@ -1,0 +1,703 @@
+//! One scan, start to finish: collect, diff against the last scan, hash the
+//! executables of new instances, and report.
+//!
+//! The [`Scanner`] is synchronous and owns everything it needs (collector,
+//! instance table, hashing worker, user-name cache); it runs on its own
+//! thread in daemon mode and on the main thread for `--once`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sentineld_proto::v1::{ExeInfo, ProcessRecord, ScanStats};
+use tracing::{debug, error};
+
+use crate::collect::{Collector, Observed, ScanCounters};
+use crate::diff::{InstanceKey, Tracker};
+use crate::error::Error;
+use crate::hash::{self, Done, FileKey, HashOutcome, Hasher, Submit};
+use crate::scan::Scan;
+use crate::users::UserNames;
+
+/// Default time a scan waits for the hashes of its new instances.
+pub const DEFAULT_HASH_WAIT: Duration = Duration::from_millis(250);
+
+/// How scans hash executables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanConfig {
+    /// Executables larger than this are not hashed (`TOO_LARGE`).
+    pub max_hash_size: u64,
+    /// Longest a daemon scan waits for its hashes before reporting them as
+    /// `PENDING`.
+    pub hash_wait: Duration,
+    /// Digests kept in the cache.
+    pub hash_cache_entries: usize,
+    /// Hashing jobs queued or running at once.
+    pub hash_queue: usize,
+}
+
+impl Default for ScanConfig {
+    fn default() -> ScanConfig {
+        ScanConfig {
+            max_hash_size: hash::DEFAULT_MAX_HASH_SIZE,
+            hash_wait: DEFAULT_HASH_WAIT,
+            hash_cache_entries: hash::DEFAULT_CACHE_ENTRIES,
+            hash_queue: hash::DEFAULT_QUEUE,
+        }
+    }
+}
+
+/// An instance whose executable is still to be hashed.
+#[derive(Debug)]
+struct PendingHash {
+    key: FileKey,
+    read_path: PathBuf,
+}
+
+/// The instances waiting for one file's digest.
+#[derive(Debug, Default)]
+struct Waiters {
+    instances: Vec<InstanceKey>,
+    /// A job for the file is in the worker's queue.
+    queued: bool,
+}
+
+/// Collects, diffs and hashes, one scan per call.
+#[derive(Debug)]
+pub struct Scanner<C> {
+    collector: C,
+    hasher: Hasher,
+    users: UserNames,
+    tracker: Tracker,
+    config: ScanConfig,
+    scan_seq: u64,
+    observed: Vec<Observed>,
+    pending: HashMap<InstanceKey, PendingHash>,
+    waiting: HashMap<FileKey, Waiters>,
+}
+
+impl<C: Collector> Scanner<C> {
+    /// Starts the hashing worker.
+    pub fn new(collector: C, config: ScanConfig) -> Result<Scanner<C>, Error> {
+        let hasher = Hasher::start(
+            config.max_hash_size,
+            config.hash_cache_entries,
+            config.hash_queue,
+        )?;
+        Ok(Scanner {
+            collector,
+            hasher,
+            users: UserNames::new(),
+            tracker: Tracker::new(),
+            config,
+            scan_seq: 0,
+            observed: Vec::new(),
+            pending: HashMap::new(),
+            waiting: HashMap::new(),
+        })
+    }
+
+    pub fn config(&self) -> &ScanConfig {
+        &self.config
+    }
+
+    /// Live instances after the last scan.
+    pub fn live(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Instances whose hash is not known yet.
+    pub fn hashes_pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Digests in the cache.
+    pub fn hashes_cached(&self) -> usize {
+        self.hasher.cache_len()
+    }
+
+    /// Runs one scan, waiting at most `hash_wait` for the hashes it needs:
+    /// those of new instances or, for a `snapshot`, of every live instance.
+    pub fn scan(&mut self, snapshot: bool, hash_wait: Duration) -> Scan {
+        let started_at = Instant::now();
+        let time_ms = sentineld_common::time::now_millis();
+        self.scan_seq += 1;
+
+        let mut observed = std::mem::take(&mut self.observed);
+        observed.clear();
+        let mut counters = ScanCounters::default();
+        self.collector.collect(&mut observed, &mut counters);
+        if !observed.is_sorted_by_key(|o| o.pid) {
+            observed.sort_unstable_by_key(|o| o.pid);
+        }
+        self.users.revalidate();
+
+        let mut new_pending = Vec::new();
+        let changes = {
+            let Scanner {
+                collector,
+                hasher,
+                users,
+                tracker,
+                ..
+            } = self;
+            let all = &observed;
+            tracker.apply(&observed, |o| {
+                new_record(o, all, &*collector, hasher, users, &mut new_pending)
+            })
+        };
+        self.observed = observed;
+
+        for key in &changes.exited {
+            self.forget_pending(key);
+        }
+        for (instance, pending) in new_pending {
+            self.waiting
+                .entry(pending.key)
+                .or_default()
+                .instances
+                .push(instance);
+            self.pending.insert(instance, pending);
+        }
+        let mut updated = self.wait_for_hashes(snapshot, &changes.started, hash_wait);
+
+        let mut started: Vec<ProcessRecord> = if snapshot {
+            self.tracker.iter().map(|(_, r)| r.clone()).collect()
+        } else {
+            changes
+                .started
+                .iter()
+                .filter_map(|k| self.tracker.get(k).cloned())
+                .collect()
+        };
+        started.sort_unstable_by_key(|r| r.instance.map(|i| (i.pid, i.start_time)));
+        updated.sort_unstable();
+        updated.dedup();
+        let scan = Scan {
+            scan_seq: self.scan_seq,
+            time_ms,
+            duration_us: u64::try_from(started_at.elapsed().as_micros()).unwrap_or(u64::MAX),
+            snapshot,
+            process_count: u32::try_from(self.tracker.len()).unwrap_or(u32::MAX),
+            stats: ScanStats {
+                vanished: counters.vanished,
+                unreadable: counters.unreadable,
+                hash_pending: u32::try_from(self.pending.len()).unwrap_or(u32::MAX),
+            },
+            samples: if snapshot {
+                Vec::new()
+            } else {
+                self.tracker.samples_of_known()
+            },
+            updated: updated
+                .iter()
+                .filter_map(|k| self.tracker.get(k).cloned())
+                .collect(),
+            exited: changes.exited.iter().map(|k| k.to_ref()).collect(),
+            started,
+        };
+        debug!(
+            scan_seq = scan.scan_seq,
+            snapshot,
+            processes = scan.process_count,
+            started = scan.started.len(),
+            exited = scan.exited.len(),
+            updated = scan.updated.len(),
+            hash_pending = scan.stats.hash_pending,
+            vanished = counters.vanished,
+            unreadable = counters.unreadable,
+            duration_us = scan.duration_us,
+            "scan done"
+        );
+        scan
+    }
+
+    /// Drops an exited instance from the hashing bookkeeping.
+    fn forget_pending(&mut self, instance: &InstanceKey) {
+        let Some(pending) = self.pending.remove(instance) else {
+            return;
+        };
+        if let Some(w) = self.waiting.get_mut(&pending.key) {
+            w.instances.retain(|k| k != instance);
+            if w.instances.is_empty() && !w.queued {
+                self.waiting.remove(&pending.key);
+            }
+        }
+    }
+
+    /// Receives finished hashes until the ones this scan needs are in or
+    /// `wait` has passed. Returns the instances reported before whose
+    /// record changed.
+    fn wait_for_hashes(
+        &mut self,
+        snapshot: bool,
+        started: &[InstanceKey],
+        wait: Duration,
+    ) -> Vec<InstanceKey> {
+        let deadline = Instant::now() + wait;
+        let mut updated = Vec::new();
+        loop {
+            while let Some(done) = self.hasher.try_recv() {
+                self.finish(done, snapshot, &mut updated);
+            }
+            self.submit_waiting();
+            let needed = if snapshot {
+                !self.pending.is_empty()
+            } else {
+                started.iter().any(|k| self.pending.contains_key(k))
+            };
+            if !needed || !self.hasher.busy() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.hasher.recv_timeout(left) {
+                Some(done) => self.finish(done, snapshot, &mut updated),
+                None => break,
+            }
+        }
+        updated
+    }
+
+    /// Queues a job for every file that waits without one, while the queue
+    /// has room.
+    fn submit_waiting(&mut self) {
+        let mut stopped = false;
+        for (key, w) in &mut self.waiting {
+            if w.queued {
+                continue;
+            }
+            let Some(pending) = w.instances.first().and_then(|k| self.pending.get(k)) else {
+                continue;
+            };
+            let pid = w.instances[0].pid;
+            match self.hasher.submit(*key, pid, pending.read_path.clone()) {
+                Submit::Queued => w.queued = true,
+                Submit::Full => break,
+                Submit::Stopped => {
+                    stopped = true;
+                    break;
+                }
+            }
+        }
+        if stopped {
+            error!("the hashing worker stopped: executables are no longer hashed");
+            let failed: Vec<InstanceKey> = self.pending.keys().copied().collect();
+            for k in failed {
+                self.pending.remove(&k);
+                if let Some(r) = self.tracker.get_mut(&k) {
+                    HashOutcome::Error("hashing worker stopped".into())
+                        .fill(r.exe_info.get_or_insert_default());
+                }
+            }
+            self.waiting.clear();
+        }
+    }
+
+    /// Applies a finished job to the instances waiting for it.
+    fn finish(&mut self, done: Done, snapshot: bool, updated: &mut Vec<InstanceKey>) {
+        let Some(waiters) = self.waiting.remove(&done.key) else {
+            return;
+        };
+        // The file read through /proc/PID/exe is not the one probed: the
+        // process exec'd in between (or was caught in the middle of an
+        // exec when probed). Its digest says nothing about the probed file.
+        let changed = done.read.is_some_and(|read| read != done.key);
+        let (settled, others): (Vec<InstanceKey>, Vec<InstanceKey>) =
+            if !changed && done.outcome.is_about_the_file() {
+                (waiters.instances, Vec::new())
+            } else {
+                // Read through one process: another process running the
+                // same file may still be readable.
+                waiters
+                    .instances
+                    .into_iter()
+                    .partition(|k| k.pid == done.pid)
+            };
+        for k in settled {
+            self.pending.remove(&k);
+            if changed {
+                self.reprobe(k);
+            } else if let Some(record) = self.tracker.get_mut(&k) {
+                done.outcome.fill(record.exe_info.get_or_insert_default());
+            }
+            if !snapshot && self.tracker.get(&k).is_some() && !self.tracker.is_new(&k) {
+                updated.push(k);
+            }
+        }
+        if !others.is_empty() {
+            self.waiting.insert(
+                done.key,
+                Waiters {
+                    instances: others,
+                    queued: false,
+                },
+            );
+        }
+    }
+
+    /// Probes an instance's executable again, after it changed, and
+    /// records what runs now (hashing it if needed).
+    fn reprobe(&mut self, k: InstanceKey) {
+        let Some(record) = self.tracker.get_mut(&k) else {
+            return;
+        };
+        let probe = hash::probe_exe(k.pid, None, false, self.hasher.max_size());
+        if !probe.path.is_empty() {
+            record.exe.clone_from(&probe.path);
+        }
+        let (info, pending) = exe_info(probe, &mut self.hasher);
+        record.exe_info = Some(info);
+        if let Some(pending) = pending {
+            self.waiting
+                .entry(pending.key)
+                .or_default()
+                .instances
+                .push(k);
+            self.pending.insert(k, pending);
+        }
+    }
+}
+
+/// The wire form of a probe, with the digest from the cache when it is
+/// there; otherwise, when the file must be hashed, what to hash.
+fn exe_info(probe: hash::ExeProbe, hasher: &mut Hasher) -> (ExeInfo, Option<PendingHash>) {
+    let mut info = probe.exe_info();
+    let mut pending = None;
+    if probe.outcome.is_none()
+        && let Some(key) = probe.key
+    {
+        match hasher.cached(&key) {
+            Some(digest) => HashOutcome::Ok(digest).fill(&mut info),
+            None => {
+                pending = Some(PendingHash {
+                    key,
+                    read_path: probe.read_path,
+                });
+            }
+        }
+    }
+    (info, pending)
+}
+
+/// Builds the full record of an instance seen for the first time. Its
+/// executable is probed; a file to hash that is not in the cache is added
+/// to `new_pending` and the record says `PENDING`.
+fn new_record<C: Collector>(
+    o: &Observed,
+    all: &[Observed],
+    collector: &C,
+    hasher: &mut Hasher,
+    users: &mut UserNames,
+    new_pending: &mut Vec<(InstanceKey, PendingHash)>,
+) -> ProcessRecord {
+    let identity = collector.identity(o.pid).unwrap_or_default();
+    let probe = hash::probe_exe(
+        o.pid,
+        identity.exe.as_deref(),
+        o.kernel_thread,
+        hasher.max_size(),
+    );
+    let exe = if probe.path.is_empty() {
+        identity
+            .exe
+            .as_deref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else {
+        probe.path.clone()
+    };
+    let (exe_info, pending) = exe_info(probe, hasher);
+    if let Some(pending) = pending {
+        new_pending.push((InstanceKey::of(o), pending));
+    }
+    let parent_start_time = all
+        .binary_search_by_key(&o.ppid, |p| p.pid)
+        .ok()
+        .map_or(0, |i| all[i].start_time);
+    ProcessRecord {
+        instance: Some(InstanceKey::of(o).to_ref()),
+        ppid: o.ppid,
+        name: identity.name,
+        exe,
+        cmdline: identity.cmdline,
+        uid: identity.uid,
+        user: identity.uid.and_then(|u| users.name(u)).unwrap_or_default(),
+        exe_info: Some(exe_info),
+        container_id: String::new(),
+        parent_start_time,
+        sample: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collect::Identity;
+    use crate::testutil::{Reaped, copy_sleep, spawn_retrying};
+    use sentineld_proto::v1::HashStatus;
+    use sha2::{Digest as _, Sha256};
+
+    /// A collector that reports what the test tells it to.
+    #[derive(Debug, Default)]
+    struct Fake {
+        procs: Vec<Observed>,
+        names: HashMap<u32, String>,
+    }
+
+    impl Collector for Fake {
+        fn collect(&mut self, out: &mut Vec<Observed>, counters: &mut ScanCounters) {
+            out.extend(self.procs.iter().cloned());
+            counters.vanished = 1;
+        }
+
+        fn identity(&self, pid: u32) -> Option<Identity> {
+            Some(Identity {
+                name: self.names.get(&pid)?.clone(),
+                exe: None,
+                cmdline: vec![format!("cmd-{pid}")],
+                uid: Some(0),
+            })
+        }
+    }
+
+    fn observed(pid: u32, ppid: u32, kernel_thread: bool) -> Observed {
+        Observed {
+            pid,
+            ppid,
+            start_time: 1_000 + i64::from(pid),
+            status: "S",
+            threads: 1,
+            rss_bytes: 4096,
+            vms_bytes: 8192,
+            cpu_percent: 0.0,
+            kernel_thread,
+        }
+    }
+
+    fn scanner(procs: Vec<Observed>) -> Scanner<Fake> {
+        let names = procs
+            .iter()
+            .map(|o| (o.pid, format!("p{}", o.pid)))
+            .collect();
+        Scanner::new(Fake { procs, names }, ScanConfig::default()).expect("scanner")
+    }
+
+    fn pid_of(r: &ProcessRecord) -> u32 {
+        r.instance.map_or(0, |i| i.pid)
+    }
+
+    fn status(r: &ProcessRecord) -> HashStatus {
+        r.exe_info
+            .as_ref()
+            .map_or(HashStatus::Unspecified, |i| i.hash_status())
+    }
+
+    #[test]
+    fn started_samples_snapshot_and_exit() {
+        let mut s = scanner(vec![observed(2, 0, true), observed(10, 2, true)]);
+        let first = s.scan(false, Duration::ZERO);
+        assert_eq!(first.scan_seq, 1);
+        assert!(!first.snapshot);
+        assert_eq!(
+            first.started.iter().map(pid_of).collect::<Vec<_>>(),
+            vec![2, 10]
+        );
+        assert!(first.samples.is_empty(), "a start carries its own sample");
+        assert_eq!(first.process_count, 2);
+        assert_eq!(first.stats.vanished, 1);
+        let kthread = &first.started[1];
+        assert_eq!(kthread.name, "p10");
+        assert_eq!(kthread.cmdline, vec!["cmd-10".to_owned()]);
+        assert_eq!(kthread.parent_start_time, 1_002);
+        assert_eq!(kthread.user, "root");
+        assert_eq!(status(kthread), HashStatus::NoExe);
+        assert!(kthread.sample.is_some());
+
+        let second = s.scan(false, Duration::ZERO);
+        assert!(second.started.is_empty());
+        assert_eq!(second.samples.len(), 2);
+
+        let snap = s.scan(true, Duration::ZERO);
+        assert!(snap.snapshot);
+        assert_eq!(snap.started.len(), 2);
+        assert!(snap.samples.is_empty());
+
+        s.collector.procs.retain(|o| o.pid != 10);
+        let exit = s.scan(false, Duration::ZERO);
+        assert_eq!(
+            exit.exited.iter().map(|i| i.pid).collect::<Vec<_>>(),
+            vec![10]
+        );
+        assert_eq!(exit.samples.len(), 1);
+        assert_eq!(exit.process_count, 1);
+        assert_eq!(exit.scan_seq, 4);
+    }
+
+    #[test]
+    fn vanished_process_is_recorded_as_vanished() {
+        // Far above any pid_max, so no such process.
+        let mut s = scanner(vec![observed(0x7fff_fff0, 1, false)]);
+        let scan = s.scan(false, Duration::ZERO);
+        assert_eq!(status(&scan.started[0]), HashStatus::Vanished);
+        assert_eq!(s.hashes_pending(), 0);
+    }
+
+    #[test]
+    fn late_hash_is_sent_as_an_update() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let exe = copy_sleep(dir.path(), "late hash");
+        let digest: [u8; 32] = Sha256::digest(std::fs::read(&exe).expect("read copy")).into();
+        let child = Reaped(spawn_retrying(&exe, &["30"]));
+        let pid = child.0.id();
+        let mut s = scanner(vec![observed(pid, 1, false)]);
+
+        let first = s.scan(false, Duration::ZERO);
+        assert_eq!(status(&first.started[0]), HashStatus::Pending);
+        assert_eq!(first.started[0].exe, exe.to_string_lossy());
+        assert_eq!(first.stats.hash_pending, 1);
+
+        let mut update = None;
+        for _ in 0..3000 {
+            let scan = s.scan(false, Duration::ZERO);
+            assert!(scan.started.is_empty());
+            assert_eq!(scan.samples.len(), 1);
+            if let Some(r) = scan.updated.first() {
+                update = Some(r.clone());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let update = update.expect("the hash arrives as an update");
+        assert_eq!(pid_of(&update), pid);
+        let info = update.exe_info.expect("exe info");
+        assert_eq!(info.hash_status(), HashStatus::Ok);
+        assert_eq!(info.sha256, digest.to_vec());
+        assert_eq!(s.hashes_pending(), 0);
+        let after = s.scan(false, Duration::ZERO);
+        assert!(after.updated.is_empty(), "an update is sent once");
+        assert_eq!(after.stats.hash_pending, 0);
+    }
+
+    #[test]
+    fn one_file_is_hashed_once_for_many_processes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let exe = copy_sleep(dir.path(), "shared");
+        let digest: [u8; 32] = Sha256::digest(std::fs::read(&exe).expect("read copy")).into();
+        let a = Reaped(spawn_retrying(&exe, &["30"]));
+        let b = Reaped(spawn_retrying(&exe, &["31"]));
+        let mut s = scanner(vec![
+            observed(a.0.id(), 1, false),
+            observed(b.0.id(), 1, false),
+        ]);
+        let scan = s.scan(false, Duration::from_secs(120));
+        assert_eq!(scan.started.len(), 2);
+        for r in &scan.started {
+            let info = r.exe_info.as_ref().expect("exe info");
+            assert_eq!(info.hash_status(), HashStatus::Ok, "{r:?}");
+            assert_eq!(info.sha256, digest.to_vec());
+        }
+        assert_eq!(s.hashes_cached(), 1);
+
+        // A later process running the same file is served from the cache.
+        let c = Reaped(spawn_retrying(&exe, &["32"]));
+        s.collector.procs.push(observed(c.0.id(), 1, false));
+        let scan = s.scan(false, Duration::ZERO);
+        assert_eq!(scan.started.len(), 1);
+        assert_eq!(status(&scan.started[0]), HashStatus::Ok);
+    }
+
+    fn record_of(s: &Scanner<Fake>, pid: u32) -> &ProcessRecord {
+        s.tracker
+            .iter()
+            .find(|(k, _)| k.pid == pid)
+            .map(|(_, r)| r)
+            .expect("live instance")
+    }
+
+    #[test]
+    fn a_digest_of_another_file_is_not_taken() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let exe = copy_sleep(dir.path(), "swapped");
+        let digest: [u8; 32] = Sha256::digest(std::fs::read(&exe).expect("read copy")).into();
+        let child = Reaped(spawn_retrying(&exe, &["30"]));
+        let pid = child.0.id();
+        let mut s = scanner(vec![observed(pid, 1, false)]);
+        s.scan(false, Duration::ZERO);
+        // No scan runs between the submission and `finish` below, so the
+        // real result stays in the worker's channel.
+        let probed = *s.pending.values().next().map(|p| &p.key).expect("pending");
+
+        // The worker read another file through /proc/PID/exe (as after an
+        // exec): its digest is not taken, the executable is probed again.
+        let other = FileKey {
+            inode: probed.inode + 1,
+            ..probed
+        };
+        let mut updated = Vec::new();
+        s.finish(
+            Done {
+                key: probed,
+                pid,
+                read: Some(other),
+                outcome: HashOutcome::Ok([1; 32]),
+            },
+            false,
+            &mut updated,
+        );
+        assert_eq!(status(record_of(&s, pid)), HashStatus::Pending);
+        assert_eq!(s.hashes_pending(), 1);
+
+        for _ in 0..3000 {
+            if s.hashes_pending() == 0 {
+                break;
+            }
+            s.scan(false, Duration::ZERO);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let info = record_of(&s, pid).exe_info.clone().expect("exe info");
+        assert_eq!(info.hash_status(), HashStatus::Ok, "{info:?}");
+        assert_eq!(info.sha256, digest.to_vec());
+    }
+
+    #[test]
+    fn a_vanished_reader_does_not_settle_other_processes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let exe = copy_sleep(dir.path(), "shared vanishing");
+        let digest: [u8; 32] = Sha256::digest(std::fs::read(&exe).expect("read copy")).into();
+        let a = Reaped(spawn_retrying(&exe, &["30"]));
+        let b = Reaped(spawn_retrying(&exe, &["31"]));
+        let (pa, pb) = (a.0.id(), b.0.id());
+        let mut s = scanner(vec![observed(pa, 1, false), observed(pb, 1, false)]);
+        s.scan(false, Duration::ZERO);
+        let key = *s.pending.values().next().map(|p| &p.key).expect("pending");
+        let mut updated = Vec::new();
+        s.finish(
+            Done {
+                key,
+                pid: pa,
+                read: None,
+                outcome: HashOutcome::Vanished,
+            },
+            false,
+            &mut updated,
+        );
+        assert_eq!(status(record_of(&s, pa)), HashStatus::Vanished);
+        assert_eq!(status(record_of(&s, pb)), HashStatus::Pending);
+        assert_eq!(s.hashes_pending(), 1);
+
+        // The other process's hash still arrives.
+        for _ in 0..3000 {
+            if s.hashes_pending() == 0 {
+                break;
+            }
+            s.scan(false, Duration::ZERO);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let info = record_of(&s, pb).exe_info.clone().expect("exe info");
+        assert_eq!(info.hash_status(), HashStatus::Ok, "{info:?}");
+        assert_eq!(info.sha256, digest.to_vec());
+    }
+}
