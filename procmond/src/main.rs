@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use procmond::{Args, ParentWatch};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -36,28 +37,23 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async {
         let cancel = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(cancel.clone()));
-        procmond::run_daemon(config, cancel).await
+        // Handlers are installed before the daemon starts, so a SIGTERM
+        // (from the agent, or the parent-death signal) is never met by the
+        // default action.
+        let terminate = signal(SignalKind::terminate())?;
+        let interrupt = signal(SignalKind::interrupt())?;
+        tokio::spawn(cancel_on_signal(terminate, interrupt, cancel.clone()));
+        procmond::run_daemon(config, cancel).await?;
+        anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Cancels `cancel` on SIGTERM or SIGINT.
-async fn cancel_on_signal(cancel: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
+async fn cancel_on_signal(mut terminate: Signal, mut interrupt: Signal, cancel: CancellationToken) {
     let signal = tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        () = terminate => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
     };
     // Cancel before logging: a log write to a closed stderr must not be able
     // to stop the shutdown.
