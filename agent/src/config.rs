@@ -7,6 +7,10 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use sentineld_common::layout::StateLayout;
 
+use crate::detect::RuleSources;
+use crate::sinks::spec::SpecError;
+use crate::sinks::{SinkSettings, parse_spec};
+
 /// How the collector is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CollectorMode {
@@ -50,6 +54,26 @@ pub struct AgentArgs {
     /// Most collector connections served at once; more wait to be accepted.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_connections: u32,
+
+    /// Directory of rule files (*.yaml, *.yml, *.toml), watched for changes.
+    /// Default: /etc/sentineld/rules.d as root, else
+    /// $XDG_CONFIG_HOME/sentineld/rules.d.
+    #[arg(long, value_name = "DIR")]
+    pub rules_dir: Option<PathBuf>,
+
+    /// Do not load the built-in Linux rule pack.
+    #[arg(long)]
+    pub no_builtin_rules: bool,
+
+    /// Where alerts go; repeat for several: `stdout`, `file=PATH`, `syslog`,
+    /// `syslog=udp://HOST:PORT`, `webhook=URL`. Default: stdout.
+    #[arg(long = "alert-sink", value_name = "SPEC")]
+    pub alert_sinks: Vec<String>,
+
+    /// File of executable SHA-256 hashes (hex, one per line, `#` comments)
+    /// that raise the `hash_denied` column.
+    #[arg(long, value_name = "FILE")]
+    pub hash_deny_list: Option<PathBuf>,
 }
 
 /// A validated agent configuration.
@@ -65,6 +89,10 @@ pub struct AgentConfig {
     pub handshake_timeout: Duration,
     /// How long shutdown waits for procmond to exit before killing it.
     pub stop_timeout: Duration,
+    /// Where the rules come from.
+    pub rules: RuleSources,
+    /// The alert sinks, validated.
+    pub sinks: Vec<SinkSettings>,
 }
 
 /// Why the command line cannot be turned into a configuration.
@@ -79,6 +107,8 @@ pub enum ConfigError {
         "cannot find this executable's directory to locate procmond: {0}; pass --procmond PATH"
     )]
     CurrentExe(#[source] std::io::Error),
+    #[error("--alert-sink: {0}")]
+    Sink(#[from] SpecError),
 }
 
 impl AgentConfig {
@@ -108,6 +138,22 @@ impl AgentConfig {
             max_connections: args.max_connections as usize,
             handshake_timeout: Duration::from_secs(5),
             stop_timeout: Duration::from_secs(5),
+            rules: RuleSources {
+                dir: Some(
+                    args.rules_dir
+                        .unwrap_or_else(sentineld_common::layout::default_rules_dir),
+                ),
+                builtin: !args.no_builtin_rules,
+                deny_list: args.hash_deny_list,
+            },
+            sinks: if args.alert_sinks.is_empty() {
+                vec![parse_spec("stdout")?]
+            } else {
+                args.alert_sinks
+                    .iter()
+                    .map(|s| parse_spec(s))
+                    .collect::<Result<_, _>>()?
+            },
         })
     }
 }

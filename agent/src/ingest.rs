@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use sentineld_proto::v1::ScanBatch;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::detect::{Committed, DetectHandle};
 use crate::stats::AgentStats;
 use crate::store::{BatchOutcome, Store, StoreError};
 
@@ -68,6 +69,7 @@ impl IngestHandle {
 pub(crate) fn spawn(
     mut store: Store,
     stats: Arc<AgentStats>,
+    detect: Option<DetectHandle>,
 ) -> std::io::Result<(IngestHandle, JoinHandle<()>)> {
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
     let thread = std::thread::Builder::new().name("store-writer".into()).spawn(move || {
@@ -86,8 +88,20 @@ pub(crate) fn spawn(
                     tracing::error!(error = %e, scan_seq = job.batch.scan_seq, "cannot store batch");
                 }
             }
+            let stored = result.is_ok();
             // The connection may have gone; the batch is stored either way.
             let _ = job.reply.send(result);
+            // Detection sees only what is committed, after the ack is on
+            // its way: rules never delay storage.
+            if stored && let Some(detect) = &detect {
+                let committed = Committed {
+                    boot_id: job.boot_id,
+                    batch: job.batch,
+                };
+                if !detect.send(committed) {
+                    tracing::error!("the detection thread has stopped; batches are stored but not evaluated");
+                }
+            }
         }
     })?;
     Ok((IngestHandle { tx }, thread))

@@ -5,9 +5,12 @@
 //! standalone mode it also starts and supervises procmond.
 
 pub mod config;
+pub mod detect;
 pub(crate) mod ingest;
 pub mod lockfile;
+pub mod rules;
 pub(crate) mod server;
+pub mod sinks;
 pub mod stats;
 pub mod store;
 pub(crate) mod supervisor;
@@ -24,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::AgentConfig;
+use crate::detect::ReloadTrigger;
 use crate::lockfile::{LockError, StateLock};
+use crate::sinks::Dispatcher;
 use crate::stats::AgentStats;
 use crate::store::{Store, StoreError};
 
@@ -48,6 +53,10 @@ pub enum AgentError {
     },
     #[error("cannot start the storage thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot load the rules (fix or remove what is named, or use --rules-dir):\n{0}")]
+    Rules(#[from] detect::LoadError),
+    #[error("cannot start the alert sinks: {0}")]
+    Sinks(#[from] sinks::delivery::BuildError),
 }
 
 fn create_private_dir(path: &Path) -> Result<(), AgentError> {
@@ -84,16 +93,49 @@ fn listen(path: &Path) -> Result<LocalSocketListener, AgentError> {
 
 /// Runs the agent until `shutdown` is cancelled, then stops procmond,
 /// finishes the batches in flight and returns.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+///
+/// `reload` asks for the rules to be read again (the caller wires SIGHUP to
+/// it; changes in the rules directory trigger it too).
+pub async fn run(
+    config: AgentConfig,
+    shutdown: CancellationToken,
+    reload: ReloadTrigger,
+) -> Result<(), AgentError> {
     let layout = &config.layout;
     create_private_dir(&layout.state_dir)?;
     let _lock = StateLock::acquire(&layout.lock())?;
     if let Some(dir) = layout.socket.parent() {
         create_private_dir(dir)?;
     }
+    let rules = detect::load(&config.rules)?;
+    info!(
+        rules = rules.1.rules.len(),
+        enabled = rules.1.rules.enabled_len(),
+        builtin = config.rules.builtin,
+        dir = %config.rules.dir.as_deref().map(|d| d.display().to_string()).unwrap_or_default(),
+        "rules loaded"
+    );
     let store = Store::open(&layout.store())?;
     let stats = Arc::new(AgentStats::default());
-    let (ingest, writer) = ingest::spawn(store, Arc::clone(&stats)).map_err(AgentError::Thread)?;
+    let (dispatcher, deliveries) = Dispatcher::start(&config.sinks, shutdown.clone()).await?;
+    info!(sinks = ?dispatcher.sink_names(), "alert sinks started");
+    let (detect, detector) = detect::spawn(
+        config.rules.clone(),
+        rules,
+        store.alert_writer(),
+        dispatcher,
+        deliveries,
+        Arc::clone(&stats),
+        reload.clone(),
+    )
+    .map_err(AgentError::Thread)?;
+    let _watcher = config
+        .rules
+        .dir
+        .as_deref()
+        .and_then(|dir| detect::watch(dir, reload));
+    let (ingest, writer) =
+        ingest::spawn(store, Arc::clone(&stats), Some(detect)).map_err(AgentError::Thread)?;
     let listener = listen(&layout.socket)?;
     info!(
         state_dir = %layout.state_dir.display(),
@@ -124,8 +166,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     if let Some(supervisor) = supervisor {
         let _ = supervisor.await;
     }
-    // Every handle is gone once the server returned: the writer drains and ends.
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    // Every handle is gone once the server returned: the writer drains and
+    // ends, then the detector (its last sender gone) stores the sinks' last
+    // delivery records and ends.
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = writer.join();
+        let _ = detector.join();
+    })
+    .await;
     let _ = std::fs::remove_file(&layout.socket);
     info!("sentinelagent stopped");
     Ok(())

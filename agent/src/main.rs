@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sentineld_agent::config::{AgentArgs, AgentConfig};
+use sentineld_agent::detect::ReloadTrigger;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -11,8 +12,11 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("sentinelagent: error: {e:#}");
+            // Once, on stderr (the journal under systemd), not also as a log line.
+            eprintln!(
+                "sentinelagent: error: {}",
+                sentineld_common::error_chain(e.as_ref())
+            );
             ExitCode::from(2)
         }
     }
@@ -28,6 +32,15 @@ fn run(args: AgentArgs) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let reload = ReloadTrigger::default();
+        let requester = reload.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received; reloading rules");
+                requester.request();
+            }
+        });
         let trigger = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -36,7 +49,7 @@ fn run(args: AgentArgs) -> anyhow::Result<()> {
             }
             trigger.cancel();
         });
-        sentineld_agent::run(config, shutdown).await?;
+        sentineld_agent::run(config, shutdown, reload).await?;
         anyhow::Ok(())
     })
 }

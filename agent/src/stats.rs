@@ -2,6 +2,18 @@
 //! is also logged where it happens, so logs and counters agree.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::sinks::Severity;
+
+fn severity_index(severity: Severity) -> usize {
+    match severity {
+        Severity::Low => 0,
+        Severity::Medium => 1,
+        Severity::High => 2,
+        Severity::Critical => 3,
+    }
+}
 
 /// Why a frame or connection was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +80,15 @@ pub struct AgentStats {
     pub store_errors: AtomicU64,
     pub collector_restarts: AtomicU64,
     pub collector_connected: AtomicBool,
+    /// Alerts raised (stored and handed to the sinks), by severity: low,
+    /// medium, high, critical.
+    alerts: [AtomicU64; 4],
+    pub rule_reloads: AtomicU64,
+    pub rule_reload_failures: AtomicU64,
+    /// Rule evaluation: runs, records evaluated and total time.
+    pub rule_eval_runs: AtomicU64,
+    pub rule_eval_records: AtomicU64,
+    pub rule_eval_nanos: AtomicU64,
 }
 
 impl AgentStats {
@@ -77,5 +98,23 @@ impl AgentStats {
 
     pub fn rejected(&self, reason: RejectReason) -> u64 {
         self.rejected[reason.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn count_alert(&self, severity: Severity) {
+        self.alerts[severity_index(severity)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn alerts(&self, severity: Severity) -> u64 {
+        self.alerts[severity_index(severity)].load(Ordering::Relaxed)
+    }
+
+    pub fn observe_rule_eval(&self, took: Duration, records: usize) {
+        self.rule_eval_runs.fetch_add(1, Ordering::Relaxed);
+        self.rule_eval_records
+            .fetch_add(records as u64, Ordering::Relaxed);
+        self.rule_eval_nanos.fetch_add(
+            u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 }

@@ -36,8 +36,12 @@ impl Agent {
             .arg("--state-dir")
             .arg(state_dir)
             .args(["--scan-interval", "200ms"])
+            // No rules from the host's config directory; alerts (stdout) unseen.
+            .arg("--rules-dir")
+            .arg(state_dir.join("no-rules"))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .spawn()
             .expect("start sentinelagent");
         Agent { child }

@@ -89,7 +89,10 @@ fn bad_peers_are_dropped_and_real_scans_keep_arriving() {
         .arg("--state-dir")
         .arg(state)
         .args(["--scan-interval", "200ms"])
+        .arg("--rules-dir")
+        .arg(state.join("no-rules"))
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let mut agent = Agent(agent);

@@ -67,6 +67,23 @@ pub fn default_state_dir() -> PathBuf {
     }
 }
 
+/// `/etc/sentineld` as root, else `$XDG_CONFIG_HOME/sentineld` (default
+/// `~/.config/sentineld`): where configuration and rule files live.
+pub fn default_config_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/etc/sentineld");
+    }
+    match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("sentineld"),
+        None => home().join(".config/sentineld"),
+    }
+}
+
+/// The default rules directory: `rules.d` in the config directory.
+pub fn default_rules_dir() -> PathBuf {
+    default_config_dir().join("rules.d")
+}
+
 /// `/run/sentineld` as root, else `$XDG_RUNTIME_DIR/sentineld`, falling back
 /// to the state directory when there is no runtime directory.
 pub fn default_runtime_dir() -> PathBuf {

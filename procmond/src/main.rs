@@ -15,7 +15,11 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "procmond: error: {e:#}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "procmond: error: {}",
+                sentineld_common::error_chain(e.as_ref())
+            );
             ExitCode::from(2)
         }
     }

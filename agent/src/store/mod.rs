@@ -8,6 +8,7 @@
 //! their byte layout are documented in `docs/store-format.md`; `schema` is the
 //! only module that knows them.
 
+pub(crate) mod alerts;
 mod read;
 pub(crate) mod schema;
 mod write;
@@ -17,7 +18,8 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-pub use read::{HistoryPoint, ScanRow, StoreReader, StoredProcess};
+pub use alerts::{AlertWriter, NewAlert, NewDelivery};
+pub use read::{HistoryPoint, ScanRow, StoreReader, StoredAlert, StoredInstance, StoredProcess};
 pub use write::{BatchOutcome, Store};
 
 /// Why a store could not be opened, read or written.

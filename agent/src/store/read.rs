@@ -10,8 +10,9 @@ use redb::{
 use sentineld_proto::v1::{ProcessRecord, Sample};
 use sentineld_proto::view::ProcessView;
 
+use crate::store::alerts::{ALERT_DELIVERIES, ALERT_IDS, ALERTS};
 use crate::store::schema::{
-    self, BY_PID, INSTANCES, LATEST, LIVE, META, SAMPLES, SCANS, ScanRecord, ShowKey,
+    self, BY_PID, EXITS, INSTANCES, LATEST, LIVE, META, SAMPLES, SCANS, ScanRecord, ShowKey,
 };
 use crate::store::{RedbResultExt, StoreError};
 
@@ -59,6 +60,23 @@ pub struct HistoryPoint {
     /// When the sample was taken (its scan's time), unix milliseconds.
     pub time_ms: i64,
     pub sample: Sample,
+}
+
+/// A stored instance, live or exited, for queries over the whole history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredInstance {
+    pub process: StoredProcess,
+    /// When the instance was seen gone, unix milliseconds; `None` while live.
+    pub exited_ms: Option<i64>,
+}
+
+/// One stored alert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAlert {
+    /// Sequence number in the store (1, 2, ...).
+    pub seq: u64,
+    /// The alert as JSON, exactly as the sinks received it.
+    pub json: Vec<u8>,
 }
 
 /// One stored scan.
@@ -254,6 +272,103 @@ impl StoreReader {
                 snapshot: row.snapshot,
                 boot_id,
             });
+        }
+        Ok(out)
+    }
+
+    /// Opens a table that older stores may not have: missing means empty.
+    fn optional_table<K: Key + 'static, V: Value + 'static>(
+        &self,
+        txn: &ReadTransaction,
+        def: TableDefinition<K, V>,
+    ) -> Result<Option<ReadOnlyTable<K, V>>, StoreError> {
+        match txn.open_table(def) {
+            Ok(t) => Ok(Some(t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(StoreError::redb(&self.path, e)),
+        }
+    }
+
+    /// Every stored instance, live or exited, with its latest sample, in key
+    /// order (boot, start time, pid). Stops early, returning what it read,
+    /// after `limit` instances.
+    pub fn instances(&self, limit: Option<usize>) -> Result<Vec<StoredInstance>, StoreError> {
+        let path = self.path.as_path();
+        let txn = self.begin()?;
+        let instances = self.table(&txn, INSTANCES)?;
+        let latest = self.table(&txn, LATEST)?;
+        let exits = self.table(&txn, EXITS)?;
+        let mut out = Vec::new();
+        for entry in instances
+            .iter()
+            .in_store(path)?
+            .take(limit.unwrap_or(usize::MAX))
+        {
+            let (key, value) = entry.in_store(path)?;
+            let key = key.value();
+            let record: ProcessRecord =
+                schema::decode(path, value.value(), "instances", ShowKey(key))?;
+            let latest = match latest.get(key).in_store(path)? {
+                Some(v) => Some(schema::decode(path, v.value(), "latest", ShowKey(key))?),
+                None => None,
+            };
+            let exited_ms = exits.get(key).in_store(path)?.map(|v| v.value());
+            out.push(StoredInstance {
+                process: StoredProcess {
+                    boot_id: schema::boot_bytes(key.0),
+                    record,
+                    latest,
+                },
+                exited_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stored alerts, newest first, at most `limit`.
+    pub fn alerts(&self, limit: Option<usize>) -> Result<Vec<StoredAlert>, StoreError> {
+        let path = self.path.as_path();
+        let txn = self.begin()?;
+        let Some(alerts) = self.optional_table(&txn, ALERTS)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for entry in alerts
+            .iter()
+            .in_store(path)?
+            .rev()
+            .take(limit.unwrap_or(usize::MAX))
+        {
+            let (key, value) = entry.in_store(path)?;
+            out.push(StoredAlert {
+                seq: key.value(),
+                json: value.value().to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The delivery attempts recorded for the alert with stable id `id`,
+    /// oldest first, as JSON.
+    pub fn deliveries(&self, id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let path = self.path.as_path();
+        let txn = self.begin()?;
+        let (Some(ids), Some(deliveries)) = (
+            self.optional_table(&txn, ALERT_IDS)?,
+            self.optional_table(&txn, ALERT_DELIVERIES)?,
+        ) else {
+            return Ok(Vec::new());
+        };
+        let Some(seq) = ids.get(id).in_store(path)?.map(|v| v.value()) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for entry in deliveries
+            .range((seq, 0)..=(seq, u64::MAX))
+            .in_store(path)?
+        {
+            let (_, value) = entry.in_store(path)?;
+            out.push(value.value().to_vec());
         }
         Ok(out)
     }

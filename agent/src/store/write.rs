@@ -3,12 +3,14 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use prost::Message;
 use redb::{ConcurrencyMode, Database, ReadableTable, Table, TableHandle, WriteTransaction};
 use sentineld_proto::v1::{Sample, ScanBatch};
 use tracing::{debug, warn};
 
+use crate::store::alerts::{self, AlertWriter};
 use crate::store::schema::{
     self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, META, SAMPLES, SCAN_KEYS, SCANS,
     ScanRecord, ShowKey,
@@ -36,7 +38,7 @@ pub struct BatchOutcome {
 
 /// The writer. Exactly one per store: the agent's storage thread.
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
     next_scan_id: u64,
     /// The scan whose chunks are arriving, until its last chunk.
@@ -247,10 +249,11 @@ impl Store {
             let last = tables.scans.last().in_store(path)?;
             last.map_or(1, |(id, _)| id.value().saturating_add(1))
         };
+        alerts::create_tables(&txn).in_store(path)?;
         txn.commit().in_store(path)?;
         debug!(path = %path.display(), next_scan_id, "store open");
         Ok(Store {
-            db,
+            db: Arc::new(db),
             path: path.to_path_buf(),
             next_scan_id,
             pending: None,
@@ -260,6 +263,11 @@ impl Store {
     /// The store's file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A writer for detection's tables, sharing this store's database.
+    pub fn alert_writer(&self) -> AlertWriter {
+        AlertWriter::new(Arc::clone(&self.db), &self.path)
     }
 
     /// Applies one `ScanBatch` chunk in one write transaction (default,
