@@ -43,6 +43,113 @@ pub enum Command {
     History(HistoryArgs),
     /// Scans, newest first.
     Scans(ScansArgs),
+    /// Runs a SQL query over the processes alive at the latest scan (the
+    /// rules' dialect: `SELECT cols FROM processes [WHERE ..] [ORDER BY ..]
+    /// [LIMIT n]`).
+    Query(QueryArgs),
+    /// Stored alerts, newest first, with their delivery attempts in JSON.
+    Alerts(AlertsArgs),
+    /// Lists, validates or tests detection rules; needs no running agent.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+/// Arguments of `query`.
+#[derive(Debug, Clone, Args)]
+pub struct QueryArgs {
+    /// The query, e.g. "SELECT pid, name, exe FROM processes WHERE
+    /// exe_dir = '/tmp'".
+    #[arg(value_name = "SQL")]
+    pub sql: String,
+
+    /// Query every stored instance (exited ones too), not just the live ones.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Arguments of `alerts`; given together, an alert must match all of them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AlertsArgs {
+    /// Only alerts raised since this time: an RFC 3339 time
+    /// (2026-01-31T08:00:00Z) or a duration back from now (30m, 2h, 7d).
+    #[arg(long, value_name = "TIME|DURATION", value_parser = Since::parse)]
+    pub since: Option<Since>,
+
+    /// Only alerts of this severity or higher: low, medium, high, critical.
+    #[arg(long, value_name = "LEVEL", value_parser = crate::commands::alerts::parse_severity)]
+    pub severity: Option<sentineld_agent::sinks::Severity>,
+
+    /// Only alerts of this rule id.
+    #[arg(long, value_name = "ID")]
+    pub rule: Option<String>,
+
+    /// Show at most N alerts.
+    #[arg(long, value_name = "N", value_parser = parse_limit)]
+    pub limit: Option<usize>,
+}
+
+/// A point in time given as a time or as a duration back from now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since(i64);
+
+impl Since {
+    /// Parses `2026-01-31T08:00:00Z` or `30m`.
+    pub fn parse(text: &str) -> Result<Since, String> {
+        if let Ok(t) = text.parse::<jiff::Timestamp>() {
+            return Ok(Since(t.as_millisecond()));
+        }
+        match sentineld_common::time::parse_duration(text) {
+            Ok(d) => {
+                let back = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                Ok(Since(
+                    sentineld_common::time::now_millis().saturating_sub(back),
+                ))
+            }
+            Err(_) => Err(format!(
+                "{text:?} is neither an RFC 3339 time (2026-01-31T08:00:00Z) nor a duration (30m, 2h, 7d)"
+            )),
+        }
+    }
+
+    /// Unix milliseconds.
+    pub fn as_millis(self) -> i64 {
+        self.0
+    }
+}
+
+/// `rules` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum RulesCommand {
+    /// The rules the agent would load: the built-in pack and the rules
+    /// directory.
+    List(RuleSourceArgs),
+    /// Checks a rule file (YAML or TOML) and reports every error with its
+    /// position; exit code 0 only when it is valid.
+    Validate(RuleFileArgs),
+    /// Runs a rule file over every stored instance and prints what would
+    /// have fired.
+    Test(RuleFileArgs),
+}
+
+/// Where `rules list` looks.
+#[derive(Debug, Clone, Args)]
+pub struct RuleSourceArgs {
+    /// The rules directory. Default: the agent's default
+    /// (/etc/sentineld/rules.d as root, else $XDG_CONFIG_HOME/sentineld/rules.d).
+    #[arg(long, value_name = "DIR")]
+    pub rules_dir: Option<PathBuf>,
+
+    /// Leave out the built-in pack.
+    #[arg(long)]
+    pub no_builtin_rules: bool,
+}
+
+/// A rule file argument.
+#[derive(Debug, Clone, Args)]
+pub struct RuleFileArgs {
+    /// The rule file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 /// Filters of `ps`; given together, a process must match all of them.

@@ -16,7 +16,10 @@ use std::path::{Path, PathBuf};
 use sentineld_agent::store::{StoreError, StoreReader};
 use sentineld_common::layout::StateLayout;
 
-pub use crate::args::{Cli, Command, Format, HistoryArgs, PsArgs, ScansArgs};
+pub use crate::args::{
+    AlertsArgs, Cli, Command, Format, HistoryArgs, PsArgs, QueryArgs, RuleFileArgs, RuleSourceArgs,
+    RulesCommand, ScansArgs, Since,
+};
 
 /// Why a command could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +28,12 @@ pub enum CliError {
     /// The store could not be opened or read; the message names the path.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The SQL of `query` is not valid; the message has the position.
+    #[error("invalid query: {0}")]
+    Query(String),
+    /// A rule file is not valid; one line per problem.
+    #[error("{0}")]
+    Rules(String),
     /// Writing the results failed (a closed pipe too, see [`is_broken_pipe`]).
     #[error("cannot write the output")]
     Output(#[from] io::Error),
@@ -60,6 +69,9 @@ pub fn store_path(state_dir: Option<&Path>) -> PathBuf {
 /// `diag`. The caller flushes `out`.
 pub fn execute(cli: &Cli, out: &mut dyn Write, diag: &mut dyn Write) -> Result<(), CliError> {
     let path = store_path(cli.state_dir.as_deref());
+    if let Command::Rules(command) = &cli.command {
+        return commands::rules::run(command, &path, cli.format, out);
+    }
     let reader = StoreReader::open(&path)?;
     let mut ctx = Context {
         reader: &reader,
@@ -72,25 +84,13 @@ pub fn execute(cli: &Cli, out: &mut dyn Write, diag: &mut dyn Write) -> Result<(
         Command::Ps(args) => commands::ps::run(&mut ctx, args),
         Command::History(args) => commands::history::run(&mut ctx, args),
         Command::Scans(args) => commands::scans::run(&mut ctx, args),
+        Command::Query(args) => commands::query::run(&mut ctx, args),
+        Command::Alerts(args) => commands::alerts::run(&mut ctx, args),
+        Command::Rules(_) => unreachable!("handled before the store is opened"),
     }
 }
 
-/// An error and its causes on one line, `outer: cause: root cause`. A cause
-/// whose text the line already holds (an error that prints its source
-/// itself) is not repeated.
-pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
-    let mut line = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        let text = e.to_string();
-        if !text.is_empty() && !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        cause = e.source();
-    }
-    line
-}
+pub use sentineld_common::error_chain;
 
 /// True when `error` or one of its causes is a closed pipe: the reader of
 /// stdout went away (`sentinelcli ps | head`), which is not a failure.

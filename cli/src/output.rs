@@ -47,39 +47,50 @@ pub(crate) fn write_table(
     columns: &[Column],
     rows: &[Vec<String>],
 ) -> io::Result<()> {
+    let headers: Vec<&str> = columns.iter().map(|c| c.header).collect();
+    let aligns: Vec<Align> = columns.iter().map(|c| c.align).collect();
+    write_table_with(out, &headers, &aligns, rows)
+}
+
+/// [`write_table`] with headers known only at run time (`query`).
+pub(crate) fn write_table_with(
+    out: &mut dyn Write,
+    headers: &[&str],
+    aligns: &[Align],
+    rows: &[Vec<String>],
+) -> io::Result<()> {
     let rows: Vec<Vec<Cow<'_, str>>> = rows
         .iter()
         .map(|row| row.iter().map(|c| escape_for_terminal(c)).collect())
         .collect();
-    let mut widths: Vec<usize> = columns.iter().map(|c| c.header.chars().count()).collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let headers: Vec<&str> = columns.iter().map(|c| c.header).collect();
-    write_table_line(out, columns, &widths, &headers)?;
+    write_table_line(out, aligns, &widths, headers)?;
     for row in &rows {
         let cells: Vec<&str> = row.iter().map(AsRef::as_ref).collect();
-        write_table_line(out, columns, &widths, &cells)?;
+        write_table_line(out, aligns, &widths, &cells)?;
     }
     Ok(())
 }
 
 fn write_table_line(
     out: &mut dyn Write,
-    columns: &[Column],
+    aligns: &[Align],
     widths: &[usize],
     cells: &[&str],
 ) -> io::Result<()> {
     let mut line = String::new();
-    let last = columns.len().saturating_sub(1);
-    for (i, ((column, width), cell)) in columns.iter().zip(widths).zip(cells).enumerate() {
+    let last = aligns.len().saturating_sub(1);
+    for (i, ((align, width), cell)) in aligns.iter().zip(widths).zip(cells).enumerate() {
         if i > 0 {
             line.push_str(GAP);
         }
         let pad = width.saturating_sub(cell.chars().count());
-        match column.align {
+        match align {
             Align::Right => {
                 line.extend(std::iter::repeat_n(' ', pad));
                 line.push_str(cell);

@@ -645,3 +645,135 @@ fn a_closed_pipe_ends_quietly() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
 }
+
+#[test]
+fn query_runs_the_rule_dialect_over_live_processes_with_parents() {
+    let (dir, _store) = fixture();
+    let rows = json(
+        dir.path(),
+        &[
+            "query",
+            "SELECT pid, name, parent_name, exe_dir FROM processes WHERE user = 'alice' ORDER BY pid",
+        ],
+    );
+    // pid 300 exited: only live processes without --all.
+    assert_eq!(pids(&rows), vec![200, 201]);
+    assert_eq!(rows[0]["parent_name"], "sshd");
+    assert_eq!(rows[0]["exe_dir"], "/usr/bin");
+    assert_eq!(rows[1]["parent_name"], "bash");
+
+    let all = json(
+        dir.path(),
+        &[
+            "query",
+            "SELECT pid FROM processes WHERE user = 'alice'",
+            "--all",
+        ],
+    );
+    let mut all = pids(&all);
+    all.sort_unstable();
+    assert_eq!(all, vec![200, 201, 300]);
+
+    let out = cli(dir.path(), &["query", "SELECT nmae FROM processes"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("nmae") && err.contains("name"), "{err}");
+    let out = cli(dir.path(), &["query", "DELETE FROM processes"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn query_table_and_csv_have_the_projected_columns() {
+    let (dir, _store) = fixture();
+    let out = cli(
+        dir.path(),
+        &["query", "SELECT pid, name FROM processes WHERE pid = 100"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert_eq!(
+        lines
+            .next()
+            .map(str::split_whitespace)
+            .map(Iterator::collect::<Vec<_>>),
+        Some(vec!["pid", "name"])
+    );
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.contains("100") && l.contains("sshd"))
+    );
+    let out = cli(
+        dir.path(),
+        &[
+            "query",
+            "SELECT pid, name FROM processes WHERE pid = 100",
+            "--format",
+            "csv",
+        ],
+    );
+    assert_eq!(stdout(&out), "pid,name\n100,sshd\n");
+}
+
+#[test]
+fn alerts_on_a_store_without_alerts_is_empty() {
+    let (dir, _store) = fixture();
+    assert!(json(dir.path(), &["alerts"]).is_empty());
+    let out = cli(dir.path(), &["alerts", "--severity", "urgent"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("urgent"));
+    let out = cli(dir.path(), &["alerts", "--since", "yesterday-ish"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn rules_validate_list_and_test_need_no_agent() {
+    let (dir, _store) = fixture();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "rules:\n  - id: t.python\n    title: python run by alice\n    description: d\n    severity: medium\n    tags: [T1059]\n    sql: SELECT * FROM processes WHERE lower(name) LIKE 'python%' AND parent_name = 'bash'\n",
+    )
+    .expect("write rule file");
+    let out = cli(
+        dir.path(),
+        &["rules", "validate", good.to_str().expect("utf-8")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("1 rules, valid"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[rules]]\nid = \"t.bad\"\ntitle = \"t\"\ndescription = \"d\"\nseverity = \"high\"\nsql = \"SELECT * FROM processes WHERE regexp_like(name, '(')\"\n",
+    )
+    .expect("write rule file");
+    let out = cli(
+        dir.path(),
+        &["rules", "validate", bad.to_str().expect("utf-8")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("bad.toml") && err.contains("t.bad"), "{err}");
+
+    let hits = json(
+        dir.path(),
+        &["rules", "test", good.to_str().expect("utf-8")],
+    );
+    assert_eq!(pids(&hits), vec![201]);
+    assert_eq!(hits[0]["rule_id"], "t.python");
+
+    let empty = dir.path().join("no-rules");
+    let listed = json(
+        dir.path(),
+        &[
+            "rules",
+            "list",
+            "--rules-dir",
+            empty.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(listed.len() >= 15, "the built-in pack is listed");
+    assert!(listed.iter().any(|r| r["id"] == "linux.exec_from_tmp"));
+}
