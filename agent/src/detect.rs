@@ -27,7 +27,7 @@ use sentineld_proto::view::ProcessView;
 use sha2::{Digest, Sha256};
 use tracing::{debug, error, info, warn};
 
-use crate::rules::library::{RuleLibrary, reads_samples};
+use crate::rules::library::{RuleLibrary, sample_rules};
 use crate::rules::{Record, RuleSet};
 use crate::sinks::{Alert, DeliveryRecord, Dispatcher};
 use crate::stats::AgentStats;
@@ -101,8 +101,8 @@ pub enum LoadError {
 pub struct Loaded {
     pub rules: RuleSet,
     pub deny: HashSet<String>,
-    /// Whether a rule reads sample columns (then samples re-evaluate).
-    pub reads_samples: bool,
+    /// The rules that read sample columns, run again when a sample arrives.
+    pub on_samples: Option<RuleSet>,
 }
 
 /// Loads the rules and the deny list from `sources`; any error fails.
@@ -113,13 +113,12 @@ pub fn load(sources: &RuleSources) -> Result<(RuleLibrary, Loaded), LoadError> {
         Some(path) => read_deny_list(path)?,
         None => HashSet::new(),
     };
-    let reads_samples = reads_samples(&rules);
     Ok((
         library,
         Loaded {
+            on_samples: sample_rules(&rules),
             rules,
             deny,
-            reads_samples,
         },
     ))
 }
@@ -190,6 +189,15 @@ impl DetectHandle {
     }
 }
 
+/// Which rules an evaluation runs.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    /// Every rule: the instance is new or changed.
+    All,
+    /// Only those reading sample columns: just a sample arrived.
+    OnSamples,
+}
+
 /// What the detector remembers of a live instance.
 #[derive(Debug)]
 struct Live {
@@ -224,6 +232,10 @@ struct Detector {
     deliveries: tokio::sync::mpsc::Receiver<DeliveryRecord>,
     stats: Arc<AgentStats>,
     host: String,
+    /// The rules directory's watch; started at a reload if the directory
+    /// appeared after start.
+    watcher: Option<notify::RecommendedWatcher>,
+    trigger: ReloadTrigger,
 }
 
 /// Starts the detection thread.
@@ -259,7 +271,10 @@ pub(crate) fn spawn(
         deliveries,
         stats,
         host: sentineld_common::host::hostname(),
+        watcher: None,
+        trigger: reload.clone(),
     };
+    detector.watch_rules_dir();
     detector.record_rule_set();
     let thread = std::thread::Builder::new()
         .name("detect".into())
@@ -292,7 +307,16 @@ impl Detector {
         debug!("detector stopped");
     }
 
+    fn watch_rules_dir(&mut self) {
+        if self.watcher.is_none()
+            && let Some(dir) = &self.sources.dir
+        {
+            self.watcher = watch(dir, self.trigger.clone());
+        }
+    }
+
     fn reload(&mut self) {
+        self.watch_rules_dir();
         let reload = self.library.reload();
         let refused = !reload.refused.is_empty();
         for e in &reload.refused {
@@ -318,6 +342,10 @@ impl Detector {
                 rules = self.loaded.rules.len(),
                 "rules not reloaded; the rule set in force stays"
             );
+            if deny != self.loaded.deny {
+                info!(hashes = deny.len(), "hash deny list reloaded");
+                self.loaded.deny = deny;
+            }
             return;
         };
         self.stats.rule_reloads.fetch_add(1, Ordering::Relaxed);
@@ -327,7 +355,7 @@ impl Detector {
         }
         let previous = self.loaded.rules.len();
         self.loaded = Loaded {
-            reads_samples: reads_samples(&rules),
+            on_samples: sample_rules(&rules),
             rules,
             deny,
         };
@@ -339,7 +367,7 @@ impl Detector {
         );
         self.record_rule_set();
         let pids: Vec<u32> = self.live.keys().copied().collect();
-        self.evaluate(&pids);
+        self.evaluate(&pids, Which::All);
     }
 
     fn record_rule_set(&self) {
@@ -414,23 +442,30 @@ impl Detector {
                 && live.start_time() == instance.start_time
             {
                 live.latest = Some(sample);
-                if self.loaded.reads_samples {
+                if self.loaded.on_samples.is_some() {
                     sampled.push(instance.pid);
                 }
             }
         }
         // Parents first seen in this batch are in the map before any child
         // is evaluated.
-        self.evaluate(&changed);
+        self.evaluate(&changed, Which::All);
         if !sampled.is_empty() {
-            self.evaluate(&sampled);
+            self.evaluate(&sampled, Which::OnSamples);
         }
     }
 
     /// Evaluates the rule set on the live instances `pids`, stores new
     /// alerts and hands them to the sinks.
-    fn evaluate(&mut self, pids: &[u32]) {
-        if pids.is_empty() || self.loaded.rules.is_empty() {
+    fn evaluate(&mut self, pids: &[u32], which: Which) {
+        let rules = match which {
+            Which::All => &self.loaded.rules,
+            Which::OnSamples => match &self.loaded.on_samples {
+                Some(rules) => rules,
+                None => return,
+            },
+        };
+        if pids.is_empty() || rules.is_empty() {
             return;
         }
         let started = Instant::now();
@@ -459,7 +494,7 @@ impl Detector {
                     }
                 }
             }
-            for rule in self.loaded.rules.matching(&record) {
+            for rule in rules.matching(&record) {
                 let id = alert_id(rule.id(), live.boot_id, pid, live.start_time());
                 if live.fired.contains(&id) {
                     continue;
@@ -609,12 +644,12 @@ fn hex_32(s: &str) -> Result<[u8; 32], ()> {
 /// Watches the rules directory and requests a reload when a file in it
 /// changes. Returns `None` (and logs why) when it cannot watch; SIGHUP
 /// still reloads.
-pub fn watch(dir: &Path, trigger: ReloadTrigger) -> Option<notify::RecommendedWatcher> {
+fn watch(dir: &Path, trigger: ReloadTrigger) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     if !dir.is_dir() {
         info!(
             dir = %dir.display(),
-            "rules directory does not exist; create it and send SIGHUP to load rules from it"
+            "rules directory does not exist; create it and send SIGHUP to load and watch it"
         );
         return None;
     }

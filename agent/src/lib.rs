@@ -126,14 +126,9 @@ pub async fn run(
         dispatcher,
         deliveries,
         Arc::clone(&stats),
-        reload.clone(),
+        reload,
     )
     .map_err(AgentError::Thread)?;
-    let _watcher = config
-        .rules
-        .dir
-        .as_deref()
-        .and_then(|dir| detect::watch(dir, reload));
     let (ingest, writer) =
         ingest::spawn(store, Arc::clone(&stats), Some(detect)).map_err(AgentError::Thread)?;
     let listener = listen(&layout.socket)?;

@@ -159,6 +159,11 @@ impl CompiledRule {
     }
 
     /// The file it came from (`<builtin>/...` for the built-in pack).
+    pub fn filter(&self) -> &Filter {
+        &self.filter
+    }
+
+    /// Where the rule came from.
     pub fn source(&self) -> &Path {
         &self.source
     }

@@ -14,16 +14,17 @@ use std::path::{Path, PathBuf};
 use crate::rules::engine::RuleSet;
 use crate::rules::file::{RuleDef, RuleFileError, read_rule_file, rule_files};
 use crate::rules::pack;
+use crate::rules::record::Column;
 
 /// Columns that change with every sample; rules reading them are evaluated
 /// on samples too, not only when an instance appears or changes.
-const SAMPLE_COLUMNS: &[&str] = &[
-    "cpu_percent",
-    "rss_bytes",
-    "vms_bytes",
-    "threads",
-    "open_fds",
-    "status",
+const SAMPLE_COLUMNS: &[Column] = &[
+    Column::CpuPercent,
+    Column::RssBytes,
+    Column::VmsBytes,
+    Column::Threads,
+    Column::OpenFds,
+    Column::Status,
 ];
 
 /// The sources of the rule set and the last good version of each file.
@@ -65,11 +66,15 @@ impl RuleLibrary {
                 Err(e) => errors.push(e),
             }
         }
-        if !errors.is_empty() {
-            return Err(errors);
+        // Compile what did parse too, so every problem is reported at once.
+        match library.build() {
+            Ok(set) if errors.is_empty() => Ok((library, set)),
+            Ok(_) => Err(errors),
+            Err(more) => {
+                errors.extend(more);
+                Err(errors)
+            }
         }
-        let set = library.build()?;
-        Ok((library, set))
     }
 
     /// Reads the sources again; see the module comment for what is kept.
@@ -77,18 +82,16 @@ impl RuleLibrary {
         let mut refused = Vec::new();
         let mut files = BTreeMap::new();
         for path in self.current_files(&mut refused) {
-            let checked = read_rule_file(&path).and_then(|defs| {
+            let checked = read_rule_file(&path).map_err(|e| vec![e]).and_then(|defs| {
                 // Compile the file alone, so its own errors stay its own.
-                RuleSet::from_defs(defs.iter().cloned().map(|d| (path.clone(), d)))
-                    .map(|_| defs)
-                    .map_err(|mut e| e.remove(0))
+                RuleSet::from_defs(defs.iter().cloned().map(|d| (path.clone(), d))).map(|_| defs)
             });
             match checked {
                 Ok(defs) => {
                     files.insert(path, defs);
                 }
                 Err(e) => {
-                    refused.push(e);
+                    refused.extend(e);
                     if let Some(old) = self.files.get(&path) {
                         files.insert(path, old.clone());
                     }
@@ -138,12 +141,27 @@ impl RuleLibrary {
 
 /// Whether an enabled rule of `set` reads a column that samples change.
 pub fn reads_samples(set: &RuleSet) -> bool {
-    set.rules().iter().filter(|r| r.enabled()).any(|r| {
-        r.def()
-            .sql
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .any(|word| SAMPLE_COLUMNS.iter().any(|c| word.eq_ignore_ascii_case(c)))
-    })
+    set.rules()
+        .iter()
+        .filter(|r| r.enabled())
+        .any(|r| SAMPLE_COLUMNS.iter().any(|&c| r.filter().reads(c)))
+}
+
+/// The enabled rules of `set` that read a column samples change: the ones
+/// worth running again when only a sample arrived. `None` when there are
+/// none.
+pub fn sample_rules(set: &RuleSet) -> Option<RuleSet> {
+    let defs: Vec<(PathBuf, RuleDef)> = set
+        .rules()
+        .iter()
+        .filter(|r| r.enabled() && SAMPLE_COLUMNS.iter().any(|&c| r.filter().reads(c)))
+        .map(|r| (r.source().to_path_buf(), r.def().clone()))
+        .collect();
+    if defs.is_empty() {
+        return None;
+    }
+    // These rules compiled a moment ago as part of `set`.
+    RuleSet::from_defs(defs).ok()
 }
 
 #[cfg(test)]
@@ -194,6 +212,33 @@ mod tests {
         // The clash gone, the next reload succeeds.
         std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
         assert_eq!(library.reload().set.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn only_rules_that_read_sample_columns_run_on_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let literal = GOOD.replace("name = 'one'", "name = 'status' OR exe = 'threads'");
+        std::fs::write(dir.path().join("a.yaml"), literal).unwrap();
+        let (_, set) = RuleLibrary::load(Some(dir.path()), false).unwrap();
+        assert!(!reads_samples(&set), "words in strings are not columns");
+        std::fs::write(dir.path().join("b.yaml"), TWO).unwrap();
+        let (_, set) = RuleLibrary::load(Some(dir.path()), false).unwrap();
+        assert!(reads_samples(&set));
+        let pack = RuleSet::builtin();
+        let on_samples = sample_rules(&pack).map_or(0, |s| s.len());
+        assert!(
+            on_samples < pack.len() / 4,
+            "only a few built-in rules run on every sample: {on_samples}"
+        );
+    }
+
+    #[test]
+    fn every_error_at_start_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), BAD).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), "rules: [").unwrap();
+        let errors = RuleLibrary::load(Some(dir.path()), false).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
     }
 
     #[test]

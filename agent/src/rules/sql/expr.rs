@@ -141,11 +141,112 @@ pub(crate) enum Scalar {
     Argv(usize),
 }
 
+impl Scalar {
+    /// Calls `f` with every column the value reads.
+    pub(crate) fn columns(&self, f: &mut dyn FnMut(Column)) {
+        match self {
+            Scalar::Col(c) => f(*c),
+            Scalar::Argv(_) => f(Column::Cmdline),
+            Scalar::Lit(_) => {}
+            Scalar::Pred(p) => p.columns(f),
+            Scalar::Lower(e)
+            | Scalar::Upper(e)
+            | Scalar::Length(e)
+            | Scalar::Basename(e)
+            | Scalar::Dirname(e)
+            | Scalar::Substr { e, .. } => e.columns(f),
+            Scalar::Coalesce(es) => es.iter().for_each(|e| e.columns(f)),
+        }
+    }
+
+    /// A rough relative cost of producing this value (see [`Pred::cost`]).
+    fn cost(&self) -> u32 {
+        match self {
+            Scalar::Col(_) | Scalar::Lit(_) | Scalar::Argv(_) => 1,
+            Scalar::Pred(p) => p.cost(),
+            Scalar::Lower(e) | Scalar::Upper(e) => 4 + e.cost(),
+            Scalar::Length(e) | Scalar::Basename(e) | Scalar::Dirname(e) => 1 + e.cost(),
+            Scalar::Substr { e, .. } => 2 + e.cost(),
+            Scalar::Coalesce(es) => es.iter().map(Scalar::cost).sum(),
+        }
+    }
+}
+
 fn not3(v: Option<bool>) -> Option<bool> {
     v.map(|b| !b)
 }
 
 impl Pred {
+    /// Puts the operands of every AND and OR cheapest first, so evaluation
+    /// short-circuits before the costly ones (regexes, automata) where it
+    /// can. Both are commutative in three-valued logic and nothing here has
+    /// side effects, so the result is unchanged; only the work is.
+    pub(crate) fn order_by_cost(&mut self) {
+        match self {
+            Pred::And(ps) | Pred::Or(ps) => {
+                for p in ps.iter_mut() {
+                    p.order_by_cost();
+                }
+                ps.sort_by_key(Pred::cost);
+            }
+            Pred::Not(p) => p.order_by_cost(),
+            Pred::Is { e, .. } => e.order_by_cost(),
+            _ => {}
+        }
+    }
+
+    /// Calls `f` with every column the predicate reads.
+    pub(crate) fn columns(&self, f: &mut dyn FnMut(Column)) {
+        match self {
+            Pred::Const(_) => {}
+            Pred::Scalar(e)
+            | Pred::IsNull { e, .. }
+            | Pred::Like { e, .. }
+            | Pred::Regex { e, .. }
+            | Pred::InText { e, .. }
+            | Pred::AnyContains { e, .. } => e.columns(f),
+            Pred::Cmp { l, r, .. } | Pred::Distinct { l, r, .. } => {
+                l.columns(f);
+                r.columns(f);
+            }
+            Pred::In { e, list, .. } => {
+                e.columns(f);
+                list.iter().for_each(|s| s.columns(f));
+            }
+            Pred::Between { e, low, high, .. } => {
+                e.columns(f);
+                low.columns(f);
+                high.columns(f);
+            }
+            Pred::Contains { list, item } => {
+                list.columns(f);
+                item.columns(f);
+            }
+            Pred::Not(p) | Pred::Is { e: p, .. } => p.columns(f),
+            Pred::And(ps) | Pred::Or(ps) => ps.iter().for_each(|p| p.columns(f)),
+        }
+    }
+
+    /// A rough relative cost of evaluating this predicate on one record.
+    fn cost(&self) -> u32 {
+        match self {
+            Pred::Const(_) => 0,
+            Pred::Scalar(s) | Pred::IsNull { e: s, .. } => s.cost(),
+            Pred::Cmp { l, r, .. } | Pred::Distinct { l, r, .. } => 1 + l.cost() + r.cost(),
+            Pred::Like { e, .. } => 3 + e.cost(),
+            Pred::InText { e, set, .. } => {
+                2 + e.cost() + u32::try_from(set.len() / 4).unwrap_or(u32::MAX)
+            }
+            Pred::In { e, list, .. } => 2 + e.cost() + list.iter().map(Scalar::cost).sum::<u32>(),
+            Pred::Between { e, low, high, .. } => 2 + e.cost() + low.cost() + high.cost(),
+            Pred::Contains { list, item } => 3 + list.cost() + item.cost(),
+            Pred::AnyContains { e, .. } => 8 + e.cost(),
+            Pred::Regex { e, .. } => 20 + e.cost(),
+            Pred::Not(p) | Pred::Is { e: p, .. } => p.cost(),
+            Pred::And(ps) | Pred::Or(ps) => ps.iter().map(Pred::cost).sum(),
+        }
+    }
+
     /// Evaluates to TRUE, FALSE or NULL.
     pub(crate) fn eval(&self, r: &Record) -> Option<bool> {
         match self {

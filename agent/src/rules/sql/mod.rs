@@ -21,7 +21,7 @@ pub use crate::rules::sql::compile::FUNCTIONS;
 pub use crate::rules::sql::error::{CompileError, CompileErrorKind, Position};
 pub use crate::rules::sql::query::{DEFAULT_ROW_CAP, Query, QueryResult, Value, compile_query};
 
-use crate::rules::record::Record;
+use crate::rules::record::{Column, Record};
 use crate::rules::sql::compile::{compile, compile_pred};
 use crate::rules::sql::expr::Pred;
 use crate::rules::sql::parse::{Mode, parse};
@@ -63,6 +63,13 @@ impl Filter {
     pub fn matches(&self, record: &Record) -> bool {
         self.pred.eval(record) == Some(true)
     }
+
+    /// Whether the condition reads `column`.
+    pub fn reads(&self, column: Column) -> bool {
+        let mut found = false;
+        self.pred.columns(&mut |c| found |= c == column);
+        found
+    }
 }
 
 /// Compiles a rule's `SELECT <projection> FROM processes [WHERE <condition>]`.
@@ -91,9 +98,10 @@ pub(crate) fn compile_rule_here(sql: &str) -> Result<Filter, CompileError> {
             }
         }
     }
-    let pred = match &parts.selection {
+    let mut pred = match &parts.selection {
         Some(e) => compile_pred(e, 0)?,
         None => Pred::Const(Some(true)),
     };
+    pred.order_by_cost();
     Ok(Filter { pred })
 }
