@@ -70,6 +70,12 @@ pub struct AgentArgs {
     #[arg(long = "alert-sink", value_name = "SPEC")]
     pub alert_sinks: Vec<String>,
 
+    /// A TOML configuration file. It holds `[[sinks]]` entries (see
+    /// docs/alerts.md), added to those given with --alert-sink; unknown keys
+    /// are errors.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// File of executable SHA-256 hashes (hex, one per line, `#` comments)
     /// that raise the `hash_denied` column.
     #[arg(long, value_name = "FILE")]
@@ -109,6 +115,52 @@ pub enum ConfigError {
     CurrentExe(#[source] std::io::Error),
     #[error("--alert-sink: {0}")]
     Sink(#[from] SpecError),
+    #[error("cannot read config file {}: {source}", path.display())]
+    ConfigRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {}: {message}", path.display())]
+    ConfigParse { path: PathBuf, message: String },
+    #[error("config file {}: {source}", path.display())]
+    ConfigSink {
+        path: PathBuf,
+        source: crate::sinks::config::ConfigError,
+    },
+}
+
+/// The configuration file. Unknown keys are errors, so a typo is not
+/// silently ignored.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    sinks: Vec<crate::sinks::config::SinkConfig>,
+}
+
+/// Reads the sinks of the configuration file at `path`.
+fn file_sinks(path: &std::path::Path) -> Result<Vec<SinkSettings>, ConfigError> {
+    const MAX_CONFIG_BYTES: u64 = 1 << 20;
+    let read = |source| ConfigError::ConfigRead {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read)?.len();
+    if len > MAX_CONFIG_BYTES {
+        return Err(ConfigError::ConfigParse {
+            path: path.to_path_buf(),
+            message: format!("{len} bytes; the limit is {MAX_CONFIG_BYTES}"),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(read)?;
+    let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::ConfigParse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    crate::sinks::config::validate_all(&file.sinks).map_err(|source| ConfigError::ConfigSink {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl AgentConfig {
@@ -130,6 +182,17 @@ impl AgentConfig {
                 Some(path)
             }
         };
+        let mut sinks: Vec<SinkSettings> = args
+            .alert_sinks
+            .iter()
+            .map(|s| parse_spec(s))
+            .collect::<Result<_, _>>()?;
+        if let Some(path) = &args.config {
+            sinks.extend(file_sinks(path)?);
+        }
+        if sinks.is_empty() {
+            sinks.push(parse_spec("stdout")?);
+        }
         Ok(AgentConfig {
             layout,
             scan_interval: args.scan_interval,
@@ -146,14 +209,7 @@ impl AgentConfig {
                 builtin: !args.no_builtin_rules,
                 deny_list: args.hash_deny_list,
             },
-            sinks: if args.alert_sinks.is_empty() {
-                vec![parse_spec("stdout")?]
-            } else {
-                args.alert_sinks
-                    .iter()
-                    .map(|s| parse_spec(s))
-                    .collect::<Result<_, _>>()?
-            },
+            sinks,
         })
     }
 }

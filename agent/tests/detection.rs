@@ -157,6 +157,13 @@ fn rules_fire_once_reach_the_sinks_and_reload_without_restart() {
     std::fs::create_dir(&rules).unwrap();
     let alerts_file = dir.path().join("alerts.jsonl");
     let (url, received) = http_receiver();
+    // The webhook comes from a config file, the file sink from the flag.
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("[[sinks]]\nkind = \"webhook\"\nurl = \"{url}\"\ntimeout = \"5s\"\n"),
+    )
+    .unwrap();
 
     let mut agent = Reaped(
         Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
@@ -167,8 +174,8 @@ fn rules_fire_once_reach_the_sinks_and_reload_without_restart() {
             .args(["--scan-interval", "200ms"])
             .arg("--alert-sink")
             .arg(format!("file={}", alerts_file.display()))
-            .arg("--alert-sink")
-            .arg(format!("webhook={url}"))
+            .arg("--config")
+            .arg(&config)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -328,4 +335,26 @@ fn a_bad_sink_spec_is_a_clear_error() {
     assert!(stderr.contains("kafka=broker:9092"), "{stderr}");
     assert!(stderr.contains("webhook="), "{stderr}");
     assert_eq!(stderr.matches("accepted forms").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[[sinks]]\nkind = \"stdout\"\n\n[colour]\nred = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run sentinelagent");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("config.toml"), "{stderr}");
+    assert!(stderr.contains("colour"), "{stderr}");
 }
