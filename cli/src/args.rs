@@ -150,6 +150,11 @@ pub struct RuleFileArgs {
     /// The rule file.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+
+    /// The agent runs without the built-in pack: do not check the file's
+    /// rule ids against it.
+    #[arg(long)]
+    pub no_builtin_rules: bool,
 }
 
 /// Filters of `ps`; given together, a process must match all of them.

@@ -777,3 +777,23 @@ fn rules_validate_list_and_test_need_no_agent() {
     assert!(listed.len() >= 15, "the built-in pack is listed");
     assert!(listed.iter().any(|r| r["id"] == "linux.exec_from_tmp"));
 }
+
+#[test]
+fn rules_validate_refuses_an_id_of_the_built_in_pack() {
+    let dir = TempDir::new().expect("temp dir");
+    let file = dir.path().join("clash.yaml");
+    std::fs::write(
+        &file,
+        "rules:\n  - id: linux.exec_from_tmp\n    title: mine\n    description: d\n    severity: low\n    sql: SELECT * FROM processes WHERE name = 'x'\n",
+    )
+    .expect("write rule file");
+    let path = file.to_str().expect("utf-8");
+    let out = cli(dir.path(), &["rules", "validate", path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("built-in"), "{}", stderr(&out));
+    let out = cli(
+        dir.path(),
+        &["rules", "validate", path, "--no-builtin-rules"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -67,8 +67,12 @@ pub(crate) fn run(ctx: &mut Context<'_>, args: &QueryArgs) -> Result<(), CliErro
     let records = records(ctx.reader, args.all)?;
     let result = query.run_capped(&records, ROW_CAP);
     if result.truncated {
-        let note = format!("only the first {ROW_CAP} rows are shown; add a LIMIT or a WHERE");
-        ctx.note(&note);
+        // On stderr in every format: a cut JSON or CSV result must not pass
+        // for a whole one unnoticed.
+        let _ = writeln!(
+            ctx.diag,
+            "sentinelcli: only the first {ROW_CAP} rows are shown; add a LIMIT or a WHERE"
+        );
     }
     match ctx.format {
         Format::Json => {

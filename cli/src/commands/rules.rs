@@ -120,6 +120,24 @@ fn list(args: &RuleSourceArgs, format: Format, out: &mut dyn Write) -> Result<()
 
 fn validate(args: &RuleFileArgs, format: Format, out: &mut dyn Write) -> Result<(), CliError> {
     let set = RuleSet::from_file(&args.file).map_err(errors)?;
+    if !args.no_builtin_rules {
+        let builtin = RuleSet::builtin();
+        let clashes: Vec<String> = set
+            .rules()
+            .iter()
+            .filter(|r| builtin.get(r.id()).is_some())
+            .map(|r| {
+                format!(
+                    "{}: rule `{}` has the id of a built-in rule: sentinelagent refuses it; give it another id (or run the agent with --no-builtin-rules)",
+                    args.file.display(),
+                    r.id()
+                )
+            })
+            .collect();
+        if !clashes.is_empty() {
+            return Err(CliError::Rules(clashes.join("\n")));
+        }
+    }
     match format {
         Format::Json => {
             let ids: Vec<&str> = set.rules().iter().map(|r| r.id()).collect();
