@@ -7,25 +7,18 @@
 
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
+mod common;
+
+use common::{cli, cli_json, eventually};
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-
-fn bin(name: &str) -> PathBuf {
-    let agent = PathBuf::from(env!("CARGO_BIN_EXE_sentinelagent"));
-    let path = agent.with_file_name(name);
-    assert!(
-        path.is_file(),
-        "{} not built: run the workspace's tests (cargo test --workspace)",
-        path.display()
-    );
-    path
-}
 
 /// A child process killed and reaped when dropped.
 struct Reaped(Child);
@@ -95,36 +88,6 @@ fn http_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
         }
     });
     (url, bodies)
-}
-
-fn cli(state_dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(bin("sentinelcli"))
-        .arg("--state-dir")
-        .arg(state_dir)
-        .args(args)
-        .output()
-        .expect("run sentinelcli")
-}
-
-fn cli_json(state_dir: &Path, args: &[&str]) -> Option<Vec<Value>> {
-    let out = cli(state_dir, args);
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn file_alerts(path: &Path) -> Vec<Value> {

@@ -7,23 +7,15 @@
 
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{cli, cli_json, eventually};
+
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-fn bin(name: &str) -> PathBuf {
-    let agent = PathBuf::from(env!("CARGO_BIN_EXE_sentinelagent"));
-    let path = agent.with_file_name(name);
-    assert!(
-        path.is_file(),
-        "{} not built: run the workspace's tests (cargo test --workspace)",
-        path.display()
-    );
-    path
-}
 
 /// A running agent, stopped with SIGTERM (or killed) when dropped.
 struct Agent {
@@ -76,37 +68,6 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::Exit
         std::thread::sleep(Duration::from_millis(50));
     }
     None
-}
-
-fn cli(state_dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(bin("sentinelcli"))
-        .arg("--state-dir")
-        .arg(state_dir)
-        .args(args)
-        .output()
-        .expect("run sentinelcli")
-}
-
-fn cli_json(state_dir: &Path, args: &[&str]) -> Option<Vec<Value>> {
-    let out = cli(state_dir, args);
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-/// Polls `f` until it returns Some, for at most `limit`.
-fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn children_of(ppid: u32) -> Vec<u32> {
