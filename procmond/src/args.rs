@@ -10,6 +10,7 @@ use sentineld_common::time::parse_duration;
 use crate::daemon::DaemonConfig;
 use crate::scan::DEFAULT_CHUNK_RECORDS;
 use crate::scanner::ScanConfig;
+use crate::wal::{SyncPolicy, WalConfig};
 
 /// SentinelD's privileged collector: enumerates and hashes processes and
 /// sends them to sentinelagent over its local socket.
@@ -43,6 +44,23 @@ pub struct Args {
     /// supervises procmond).
     #[arg(long)]
     pub exit_with_parent: bool,
+    /// Bound of the write-ahead log that holds what the agent has not
+    /// acknowledged; when full, samples are dropped first (counted).
+    #[arg(long, value_name = "BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub wal_max_bytes: u64,
+    /// When the write-ahead log is flushed to disk: `every-batch`, or at
+    /// most this long after an append (group commit), e.g. `100ms`.
+    #[arg(long, value_name = "every-batch|DURATION", default_value = "100ms", value_parser = parse_sync)]
+    pub wal_sync: SyncPolicy,
+}
+
+fn parse_sync(text: &str) -> Result<SyncPolicy, String> {
+    if text == "every-batch" {
+        return Ok(SyncPolicy::EveryBatch);
+    }
+    parse_duration(text)
+        .map(SyncPolicy::Interval)
+        .map_err(|e| format!("{e}; or every-batch"))
 }
 
 impl Args {
@@ -56,7 +74,19 @@ impl Args {
 
     pub fn daemon_config(&self) -> DaemonConfig {
         let layout = StateLayout::resolve(self.state_dir.as_deref(), self.socket.as_deref());
+        // Given --state-dir DIR, procmond's files live in DIR itself (the
+        // agent passes its own DIR/procmond); otherwise beside the agent's.
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| sentineld_common::layout::default_state_dir().join("procmond"));
         DaemonConfig {
+            state_dir,
+            wal: WalConfig {
+                max_bytes: self.wal_max_bytes,
+                sync: self.wal_sync,
+                ..WalConfig::default()
+            },
             socket: layout.socket,
             scan_interval: self.scan_interval,
             chunk_records: self.chunk_records as usize,

@@ -2,15 +2,18 @@
 //! with backoff whenever it ends.
 //!
 //! On every connection procmond sends its handshake, waits for the agent's,
-//! asks the scan thread for a full snapshot, and from then on forwards scan
-//! chunks in order, numbering envelopes from 1. Acks and credit grants are
-//! read concurrently. While there is no connection, scans arriving from the
-//! scan thread are dropped: the snapshot sent on the next connection
-//! supersedes them.
+//! asks the scan thread for a full snapshot, and sends from the write-ahead
+//! log: first every batch the agent has not acknowledged, in order, then each
+//! new one as the scan thread appends it, numbering envelopes from 1. Acks
+//! are read concurrently; each one truncates the log up to the batch it
+//! names. While there is no connection the log keeps what the scans produce.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Duration;
 
@@ -18,12 +21,14 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use interprocess::local_socket::GenericFilePath;
 use interprocess::local_socket::tokio::Stream as LocalSocketStream;
 use interprocess::local_socket::tokio::prelude::*;
-use sentineld_proto::v1::{Envelope, Handshake, Role, ScanBatch, envelope::Body};
+use sentineld_proto::v1::{Envelope, Handshake, Role, envelope::Body};
 use sentineld_proto::{FrameCodec, FrameError, PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+
+use crate::wal::Wal;
 
 /// Longest wait for the agent's handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,13 +36,8 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// One scan, chunked, on its way to the socket.
-#[derive(Debug)]
-pub(crate) struct Outgoing {
-    pub(crate) snapshot: bool,
-    pub(crate) scan_seq: u64,
-    pub(crate) batches: Vec<ScanBatch>,
-}
+/// Most log entries read for sending at once.
+const SEND_SLICE: usize = 64;
 
 /// What the socket side asks of the scan thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +79,8 @@ pub(crate) enum SessionError {
     Unexpected(&'static str),
     #[error("agent sequence {got} repeats or goes back (last {last})")]
     SequenceRepeat { got: u64, last: u64 },
+    #[error("cannot read the write-ahead log: {0}")]
+    Wal(String),
     #[error("frame error on the agent connection ({reason}): {source}", reason = .source.reason())]
     Frame {
         #[from]
@@ -148,7 +150,8 @@ fn random_u64() -> u64 {
 pub(crate) async fn run(
     socket: &Path,
     me: &Identity,
-    rx: &mut mpsc::Receiver<Outgoing>,
+    wal: &Mutex<Wal>,
+    rx: &mut mpsc::Receiver<()>,
     control: &SyncSender<Control>,
     cancel: &CancellationToken,
 ) {
@@ -160,6 +163,7 @@ pub(crate) async fn run(
         match session(
             socket,
             me,
+            wal,
             rx,
             control,
             cancel,
@@ -198,9 +202,9 @@ pub(crate) async fn run(
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = &mut sleep => break,
-                out = rx.recv() => match out {
-                    // Superseded by the snapshot of the next connection.
-                    Some(out) => debug!(scan_seq = out.scan_seq, "no agent connection: scan dropped"),
+                nudge = rx.recv() => match nudge {
+                    // The scan is in the log; the next connection sends it.
+                    Some(()) => debug!("no agent connection: scan kept in the log"),
                     None => return,
                 },
             }
@@ -242,10 +246,15 @@ async fn connect(socket: &Path) -> Result<LocalSocketStream, SessionError> {
 }
 
 /// One connection, from connect to its end.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the connection's ends, each borrowed from run's loop"
+)]
 async fn session(
     socket: &Path,
     me: &Identity,
-    rx: &mut mpsc::Receiver<Outgoing>,
+    wal: &Mutex<Wal>,
+    rx: &mut mpsc::Receiver<()>,
     control: &SyncSender<Control>,
     cancel: &CancellationToken,
     backoff: &mut Backoff,
@@ -297,6 +306,8 @@ async fn session(
 
     let (mut sink, mut stream) = framed.split();
     let mut last_in = reply.sequence;
+    // (envelope sequence, log id) of each batch sent and not yet acked.
+    let inflight: RefCell<VecDeque<(u64, u64)>> = RefCell::new(VecDeque::new());
     let reader = async {
         let mut credits: u64 = 0;
         let mut acked: u64 = 0;
@@ -327,7 +338,24 @@ async fn session(
             match env.body {
                 Some(Body::Ack(ack)) => {
                     acked = acked.max(ack.sequence);
-                    debug!(acked, "ack from the agent");
+                    let mut through = None;
+                    {
+                        let mut inflight = inflight.borrow_mut();
+                        while inflight.front().is_some_and(|&(seq, _)| seq <= acked) {
+                            through = inflight.pop_front().map(|(_, id)| id);
+                        }
+                    }
+                    if let Some(id) = through {
+                        match wal.lock() {
+                            Ok(mut wal) => {
+                                if let Err(e) = wal.ack(id) {
+                                    warn!(error = %e, "cannot truncate the write-ahead log");
+                                }
+                            }
+                            Err(_) => warn!("the write-ahead log is unusable after a panic"),
+                        }
+                    }
+                    debug!(acked, log_id = ?through, "ack from the agent");
                 }
                 Some(Body::Credit(grant)) => {
                     // Remembered for flow control; procmond does not
@@ -340,25 +368,33 @@ async fn session(
         }
     };
     let writer = async {
-        // Scans produced before this connection's snapshot are superseded
-        // by it.
-        let mut synced = false;
+        // Everything the agent has not acknowledged, then what follows.
+        let mut sent_through = match wal.lock() {
+            Ok(wal) => wal.acked_through(),
+            Err(_) => return Err(SessionError::Wal("unusable after a panic".to_owned())),
+        };
         loop {
-            let Some(out) = rx.recv().await else {
-                return Ok(Ended::ScannerGone);
+            let slice = match wal.lock() {
+                Ok(wal) => wal
+                    .read_after(sent_through, SEND_SLICE)
+                    .map_err(|e| SessionError::Wal(e.to_string()))?,
+                Err(_) => return Err(SessionError::Wal("unusable after a panic".to_owned())),
             };
-            if !synced && !out.snapshot {
-                debug!(scan_seq = out.scan_seq, "scan before the snapshot dropped");
+            if slice.is_empty() {
+                if rx.recv().await.is_none() {
+                    return Ok(Ended::ScannerGone);
+                }
                 continue;
             }
-            synced = true;
-            for batch in out.batches {
+            for (id, batch) in slice {
                 sequence += 1;
                 sink.feed(envelope(sequence, Body::ScanBatch(batch)))
                     .await?;
+                inflight.borrow_mut().push_back((sequence, id));
+                sent_through = id;
             }
             sink.flush().await?;
-            debug!(scan_seq = out.scan_seq, sequence, "scan sent");
+            debug!(sent_through, sequence, "batches sent");
         }
     };
     tokio::select! {

@@ -1,43 +1,44 @@
 //! Daemon mode: the scan thread and the socket side, and the handoff
 //! between them.
 //!
-//! Scanning is synchronous and runs on its own thread. After each scan it
-//! offers the result to the socket side through a small bounded channel
-//! (`try_reserve`, never blocking). When the channel is full (the agent is
-//! behind) the scan is kept and the next one is merged into it
-//! ([`Scan::merge`]), so what waits is one scan's worth of the latest state,
-//! bounded by [`MAX_UNSENT_RECORDS`]. Past that bound the unsent scan is
-//! dropped and the next scan is a full snapshot.
+//! Scanning is synchronous and runs on its own thread. Every scan, whether
+//! the agent is connected or not, is appended to the audit ledger (one
+//! entry) and to the write-ahead log (one entry per chunk,
+//! group-committed), and the socket side is nudged through a one-slot
+//! channel. The socket side sends from the log: on every connection it
+//! replays what the agent has not acknowledged, in order, then follows the
+//! log as it grows, and it truncates the log as acknowledgements arrive. So
+//! nothing is lost while the agent is away or restarting; the log is
+//! bounded in bytes and coalesces (drops samples first) when full
+//! ([`crate::wal`]).
 //!
-//! The socket side asks for a snapshot on every (re)connection through a
-//! one-slot control channel, which also wakes the scan thread early. While
-//! there is no connection it drains and drops scans: the snapshot of the
-//! next connection supersedes them. A write-ahead log will sit on the scan
-//! thread's side of the channel (append, then offer), letting the socket
-//! side replay unacknowledged batches instead.
+//! The socket side also asks for a snapshot on every (re)connection
+//! through a one-slot control channel, which wakes the scan thread early.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self as std_mpsc, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::client::{self, Control, Outgoing};
+use crate::client::{self, Control};
 use crate::collect::{Collector, SysinfoCollector};
 use crate::error::Error;
+use crate::ledger::Ledger;
 use crate::scan::Scan;
 use crate::scanner::{ScanConfig, Scanner};
-
-/// Scans (chunked) that may wait in the channel to the socket side.
-const CHANNEL_SCANS: usize = 2;
-/// Most records kept in an unsent, merged scan.
-pub const MAX_UNSENT_RECORDS: usize = 50_000;
+use crate::wal::{Wal, WalConfig};
 
 /// Everything daemon mode needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonConfig {
+    /// procmond's own files: the write-ahead log and the audit ledger.
+    pub state_dir: PathBuf,
+    /// The write-ahead log's bound and sync policy.
+    pub wal: WalConfig,
     /// The agent's socket.
     pub socket: PathBuf,
     pub scan_interval: Duration,
@@ -52,28 +53,56 @@ pub async fn run_daemon(config: DaemonConfig, cancel: CancellationToken) -> Resu
     run_with_scanner(scanner, config, cancel).await
 }
 
-/// [`run_daemon`] over any collector.
+/// [`run_daemon`] with a given scanner (tests use a scripted collector).
 pub async fn run_with_scanner<C: Collector + Send + 'static>(
     scanner: Scanner<C>,
     config: DaemonConfig,
     cancel: CancellationToken,
 ) -> Result<(), Error> {
-    let (tx, mut rx) = mpsc::channel::<Outgoing>(CHANNEL_SCANS);
+    create_private_dir(&config.state_dir)?;
+    let wal_dir = config.state_dir.join("wal");
+    let (wal, recovery) = Wal::open(&wal_dir, config.wal).map_err(Error::Wal)?;
+    if recovery.is_clean() {
+        info!(
+            dir = %wal_dir.display(),
+            unacked = recovery.unacked,
+            "write-ahead log open"
+        );
+    } else {
+        warn!(
+            dir = %wal_dir.display(),
+            unacked = recovery.unacked,
+            truncated_bytes = recovery.truncated_bytes,
+            corrupt_segment = ?recovery.corrupt_segment,
+            "write-ahead log recovered from a torn or corrupt tail"
+        );
+    }
+    let wal = Arc::new(Mutex::new(wal));
+    let ledger = Ledger::open(&config.state_dir).map_err(Error::Ledger)?;
+    let (tx, mut rx) = mpsc::channel::<()>(1);
     let (control_tx, control_rx) = std_mpsc::sync_channel::<Control>(1);
     let loop_cancel = cancel.clone();
     let interval = config.scan_interval;
     let chunk_records = config.chunk_records;
+    let boot_id = sentineld_common::host::boot_id();
+    let scan_wal = Arc::clone(&wal);
     let thread = std::thread::Builder::new()
         .name("procmond-scan".into())
         .spawn(move || {
+            let mut out = ScanOutput {
+                wal: scan_wal,
+                ledger,
+                boot_id,
+                notify: tx,
+            };
             scan_loop(
                 scanner,
-                &tx,
+                &mut out,
                 &control_rx,
                 &loop_cancel,
                 interval,
                 chunk_records,
-            )
+            );
         })
         .map_err(|source| Error::Thread {
             what: "scan",
@@ -86,14 +115,12 @@ pub async fn run_with_scanner<C: Collector + Send + 'static>(
     );
 
     let me = client::Identity {
-        boot_id: sentineld_common::host::boot_id(),
+        boot_id,
         hostname: sentineld_common::host::hostname(),
         pid: std::process::id(),
     };
-    client::run(&config.socket, &me, &mut rx, &control_tx, &cancel).await;
+    client::run(&config.socket, &me, &wal, &mut rx, &control_tx, &cancel).await;
 
-    // Wake and stop the scan thread: it sees the cancellation, the closed
-    // control channel or the closed scan channel.
     drop(control_tx);
     drop(rx);
     let joined = tokio::task::spawn_blocking(move || thread.join())
@@ -107,20 +134,87 @@ pub async fn run_with_scanner<C: Collector + Send + 'static>(
             .unwrap_or_default();
         Error::ScanThread(message)
     })?;
+    if let Ok(mut wal) = wal.lock()
+        && let Err(e) = wal.sync_now()
+    {
+        warn!(error = %e, "cannot sync the write-ahead log at shutdown");
+    }
     info!("procmond stopped");
     Ok(())
 }
 
+fn create_private_dir(path: &std::path::Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| Error::StateDir {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Where a finished scan goes: the ledger, the write-ahead log, and a nudge
+/// to the socket side, which sends from the log.
+struct ScanOutput {
+    wal: Arc<Mutex<Wal>>,
+    ledger: Ledger,
+    boot_id: [u8; 16],
+    notify: mpsc::Sender<()>,
+}
+
+impl ScanOutput {
+    /// Records one scan; false when the socket side has gone (shutdown).
+    fn record(&mut self, scan: Scan, chunk_records: usize) -> bool {
+        let scan_seq = scan.scan_seq;
+        let batches = scan.into_batches(chunk_records);
+        if let Err(e) = self.ledger.append_scan(self.boot_id, &batches) {
+            error!(scan_seq, error = %e, "cannot append the scan to the audit ledger");
+        }
+        match self.wal.lock() {
+            Ok(mut wal) => {
+                for batch in &batches {
+                    if let Err(e) = wal.append(batch) {
+                        // Counted in the log's stats (appends_refused).
+                        error!(scan_seq, error = %e, "scan chunk not kept: the write-ahead log refused it");
+                    }
+                }
+                if wal.needs_sync()
+                    && let Err(e) = wal.sync_now()
+                {
+                    error!(error = %e, "cannot sync the write-ahead log");
+                }
+            }
+            Err(_) => {
+                error!(
+                    scan_seq,
+                    "the write-ahead log is unusable after a panic; scan not kept"
+                );
+            }
+        }
+        match self.notify.try_send(()) {
+            // Full: the socket side has a nudge waiting already.
+            Ok(()) | Err(mpsc::error::TrySendError::Full(())) => true,
+            Err(mpsc::error::TrySendError::Closed(())) => false,
+        }
+    }
+}
+
+/// The scan thread: scans every `interval` (or at once when a snapshot is
+/// asked for), and records every scan in the ledger and the write-ahead
+/// log, connected or not: the log holds what the agent has not yet
+/// acknowledged, so nothing is lost while it is away.
 fn scan_loop<C: Collector>(
     mut scanner: Scanner<C>,
-    tx: &mpsc::Sender<Outgoing>,
+    out: &mut ScanOutput,
     control: &Receiver<Control>,
     cancel: &CancellationToken,
     interval: Duration,
     chunk_records: usize,
 ) {
-    let mut unsent: Option<Scan> = None;
-    let mut snapshot = false;
+    // The first scan lists every process: it is a snapshot.
+    let mut snapshot = true;
     loop {
         if cancel.is_cancelled() {
             return;
@@ -129,44 +223,22 @@ fn scan_loop<C: Collector>(
         let hash_wait = scanner.config().hash_wait;
         let scan = scanner.scan(snapshot, hash_wait);
         snapshot = false;
-        let pending = match unsent.take() {
-            Some(mut older) => {
-                older.merge(scan);
-                older
-            }
-            None => scan,
-        };
-        if pending.records() > MAX_UNSENT_RECORDS {
-            warn!(
-                records = pending.records(),
-                max = MAX_UNSENT_RECORDS,
-                "the agent is too far behind: unsent scans dropped, a snapshot follows"
-            );
-            snapshot = true;
-        } else {
-            match tx.try_reserve() {
-                Ok(permit) => permit.send(Outgoing {
-                    snapshot: pending.snapshot,
-                    scan_seq: pending.scan_seq,
-                    batches: pending.into_batches(chunk_records),
-                }),
-                Err(mpsc::error::TrySendError::Full(())) => {
-                    debug!(
-                        scan_seq = pending.scan_seq,
-                        "socket side busy: scan kept for merging"
-                    );
-                    unsent = Some(pending);
-                }
-                Err(mpsc::error::TrySendError::Closed(())) => return,
-            }
+        debug!(
+            scan_seq = scan.scan_seq,
+            records = scan.records(),
+            "scan done"
+        );
+        if !out.record(scan, chunk_records) {
+            return;
         }
 
+        // Wait for the next scan, or scan at once for a snapshot (but not
+        // sooner than CPU figures can be measured).
         let next = started + interval;
         let left = next.saturating_duration_since(Instant::now());
         match control.recv_timeout(left) {
             Ok(Control::Snapshot) => {
                 snapshot = true;
-                // CPU usage needs some time between two refreshes.
                 let earliest = started + sysinfo::MINIMUM_CPU_UPDATE_INTERVAL;
                 std::thread::sleep(earliest.saturating_duration_since(Instant::now()));
             }

@@ -19,4 +19,13 @@ pub enum Error {
     Output(#[source] io::Error),
     #[error("cannot set the parent-death signal (--exit-with-parent): {0}")]
     ParentDeathSignal(#[source] nix::Error),
+    #[error("cannot create the state directory {}: {source}", path.display())]
+    StateDir {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
+    #[error("write-ahead log: {0}")]
+    Wal(#[source] crate::wal::WalError),
+    #[error("audit ledger: {0}")]
+    Ledger(#[source] crate::ledger::LedgerError),
 }

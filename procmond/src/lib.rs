@@ -18,16 +18,19 @@ mod daemon;
 pub mod diff;
 mod error;
 pub mod hash;
+pub mod ledger;
 mod once;
+pub mod privilege;
 mod procfs;
 pub mod scan;
 pub mod scanner;
 #[cfg(test)]
 mod testutil;
 mod users;
+pub mod wal;
 
 pub use args::Args;
-pub use daemon::{DaemonConfig, MAX_UNSENT_RECORDS, run_daemon, run_with_scanner};
+pub use daemon::{DaemonConfig, run_daemon, run_with_scanner};
 pub use error::Error;
 pub use once::{ONCE_HASH_WAIT, run_once, write_views};
 

@@ -26,6 +26,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // First, while procmond has a single thread: capabilities are per thread.
+    let privileges = procmond::privilege::restrict();
     if args.exit_with_parent && procmond::exit_with_parent()? == ParentWatch::ParentGone {
         return Ok(ExitCode::SUCCESS);
     }
@@ -35,6 +37,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         procmond::run_once(&args.scan_config(), &mut out)?;
         return Ok(ExitCode::SUCCESS);
     }
+    procmond::privilege::log(&privileges);
     let config = args.daemon_config();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -133,6 +133,8 @@ async fn sends_a_snapshot_then_deltas_and_reconnects() {
     let socket = dir.path().join("agent.sock");
     let listener = listen(&socket);
     let mut procmond = tokio::process::Command::new(env!("CARGO_BIN_EXE_procmond"))
+        .arg("--state-dir")
+        .arg(dir.path().join("procmond"))
         .arg("--socket")
         .arg(&socket)
         .args(["--scan-interval", "200ms", "--chunk-records", "7"])
@@ -170,8 +172,13 @@ async fn sends_a_snapshot_then_deltas_and_reconnects() {
     let last = snapshot.last().expect("a last chunk");
     assert_eq!(last.process_count as usize, started.len());
 
-    // The next scan is a delta: this process is sampled, not restarted.
-    let delta = read_scan(&mut conn, &mut seqs).await;
+    // Then deltas (after at most one more snapshot: the first scan of a
+    // session is one, and so is the scan the connection asks for): this
+    // process is sampled, not restarted.
+    let mut delta = read_scan(&mut conn, &mut seqs).await;
+    if delta.iter().all(|c| c.snapshot) {
+        delta = read_scan(&mut conn, &mut seqs).await;
+    }
     assert!(delta.iter().all(|c| !c.snapshot));
     assert!(delta[0].scan_seq > snapshot[0].scan_seq);
     let sampled: HashSet<u32> = delta
@@ -187,14 +194,34 @@ async fn sends_a_snapshot_then_deltas_and_reconnects() {
     }));
 
     // The agent goes away: procmond comes back with a new handshake
-    // (sequence from 1 again) and a full snapshot.
+    // (sequence from 1 again), first replays from its write-ahead log what
+    // was not acknowledged (scans taken meanwhile, in order, never one
+    // already acked), then sends a full snapshot.
     drop(conn);
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let mut conn = accept(&listener).await;
     handshake(&mut conn, procmond_pid).await;
     send(&mut conn, 1, agent_hello(PROTOCOL_MAJOR)).await;
     let mut seqs = Seqs { theirs: 1, ours: 1 };
-    let again = read_scan(&mut conn, &mut seqs).await;
-    assert!(again.iter().all(|c| c.snapshot));
+    let mut last_seq = delta[0].scan_seq;
+    let mut replayed = 0;
+    let again = loop {
+        let scan = read_scan(&mut conn, &mut seqs).await;
+        assert!(
+            scan[0].scan_seq > last_seq,
+            "scans arrive in order, none acknowledged is sent again"
+        );
+        last_seq = scan[0].scan_seq;
+        if scan.iter().all(|c| c.snapshot) {
+            break scan;
+        }
+        replayed += 1;
+        assert!(replayed < 50, "a snapshot follows the replay");
+    };
+    assert!(
+        replayed >= 1,
+        "scans taken while the agent was away are replayed"
+    );
     assert!(
         again
             .iter()

@@ -30,9 +30,10 @@ async fn stops_when_its_parent_dies() {
     // becomes `cat` (same pid), which lives until its stdin closes.
     let mut parent = Command::new("/bin/sh")
         .arg("-c")
-        .arg(r#""$0" --exit-with-parent --socket "$1" & echo $!; exec cat >/dev/null"#)
+        .arg(r#""$0" --exit-with-parent --socket "$1" --state-dir "$2" & echo $!; exec cat >/dev/null"#)
         .arg(env!("CARGO_BIN_EXE_procmond"))
         .arg(&socket)
+        .arg(dir.path().join("procmond"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -1,0 +1,1420 @@
+//! The audit ledger: one hash-chained entry per scan, append-only.
+//!
+//! procmond appends one entry per scan it hands to the agent to
+//! `ledger.log` in its state directory. Each entry holds the scan's counts
+//! and a SHA-256 digest of the scan's records ([`ScanDigest`]), and the hash
+//! of the entry before it, so deleting, reordering or editing an entry
+//! breaks the chain at that entry ([`verify`]). The agent computes the same
+//! digest over the batches it receives and stores it with the scan, so
+//! `sentinelcli audit verify` can also tell a stored scan that was edited or
+//! deleted.
+//!
+//! # Scan digest (version 1)
+//!
+//! SHA-256 over these bytes, integers little-endian:
+//!
+//! ```text
+//! "sentineld-scan-digest-v1"            24 bytes, once
+//! for every chunk (ScanBatch), in the order sent:
+//!   for every entry of `started`:  0x01, u32 length, prost bytes of the ProcessRecord
+//!   for every entry of `updated`:  0x02, u32 length, prost bytes of the ProcessRecord
+//!   for every entry of `samples`:  0x03, u32 length, prost bytes of the Sample
+//!   for every entry of `exited`:   0x04, u32 length, prost bytes of the InstanceRef
+//! 0xff
+//! scan_seq       u64
+//! time_ms        i64
+//! snapshot       u8 (0 or 1)
+//! process_count  u32
+//! duration_us    u64
+//! vanished       u32   (stats; zero when absent)
+//! unreadable     u32
+//! hash_pending   u32
+//! ```
+//!
+//! The trailer fields are taken from the last chunk fed (the one with
+//! `last_chunk`, which carries the totals). Chunk numbers and `last_chunk`
+//! are not hashed. [`Scan::into_batches`](crate::scan::Scan::into_batches)
+//! fills chunks in the order started, updated, samples, exited, which is
+//! the order the digest visits each chunk in, so the digest does not depend
+//! on where a scan is split into chunks. The receiver hashes the messages it
+//! decoded; prost re-encodes known fields exactly, but drops unknown ones,
+//! so both ends must know the same protobuf fields (an added field needs a
+//! new digest version).
+//!
+//! # The ledger file
+//!
+//! `ledger.log`: one entry per line, JSON, fields always in this order:
+//!
+//! ```text
+//! {"seq":1,"kind":"scan","time_ms":1700000000000,"scan_seq":1,"boot_id":"<32 hex>",
+//!  "process_count":312,"started":312,"updated":0,"exited":0,"samples":0,
+//!  "digest":"<64 hex>","prev":"<64 hex>","hash":"<64 hex>"}
+//! ```
+//!
+//! - `seq` runs 1, 2, 3, ... with no gap, across restarts.
+//! - `kind` is `scan`, or `reset` for the marker written when procmond found
+//!   the chain broken (below).
+//! - `time_ms` is the scan's start time (unix milliseconds; for a reset,
+//!   when it was written); `scan_seq` is the scan's number in its procmond
+//!   session (it restarts at 1 with procmond, and merged scans skip
+//!   numbers). A stored scan is found by `(boot_id, scan_seq, time_ms)`.
+//! - `digest` is the scan digest above; `prev` is the `hash` of the entry
+//!   before (64 zeros for the first); `hash` is the entry hash below.
+//! - Hex is lowercase. Unknown or missing fields make the line unparseable.
+//!
+//! # Entry hash (version 1)
+//!
+//! SHA-256 over a fixed layout, not over the JSON text, integers
+//! little-endian:
+//!
+//! ```text
+//! "sentineld-ledger-entry-v1"  25 bytes
+//! kind           u8    0 = scan, 1 = reset
+//! seq            u64
+//! time_ms        i64
+//! scan_seq       u64
+//! boot_id        16 bytes
+//! process_count  u32
+//! started        u64
+//! updated        u64
+//! exited         u64
+//! samples        u64
+//! digest         32 bytes
+//! prev           32 bytes
+//! ```
+//!
+//! # Writing and recovery
+//!
+//! The file is opened with `O_APPEND` and an exclusive `flock` (one writer);
+//! each entry is one `write` of one line followed by `sync_data`. A failed
+//! append is cut back off the file. On open:
+//!
+//! - A torn last line (no newline, or not a valid entry) is what a crash in
+//!   the middle of an append leaves: it is truncated, logged and reported
+//!   in [`Recovery::torn`].
+//! - History is never rewritten. If the chain is broken (an entry edited,
+//!   deleted or moved) since the last reset marker, procmond does not
+//!   append silently over the break: it appends a `reset` entry that links
+//!   to the last entry that parses (its `seq` + 1, its stored `hash` as
+//!   `prev`), logs a warning and reports the break in [`Recovery::reset`].
+//!   [`verify`] still reports the original break; the reset only says that
+//!   procmond noticed it and where the chain goes on from. A ledger whose
+//!   chain since its last reset holds gets no new reset on later opens.
+//!
+//! Deleting the last entries leaves a chain that holds: that is what the
+//! head hash (`sentinelcli audit head`, exported elsewhere) and the store's
+//! scans without a ledger entry are for.
+//!
+//! # Layout of this module
+//!
+//! Three sections: the scan digest (depends on `sha2`, `prost` and the
+//! protocol only, so it can move to `sentineld-proto`), the entry format
+//! and [`verify`] (only `std`, `sha2`, `hex`, `serde_json` and `thiserror`,
+//! so it can move to `sentineld-common` for the CLI, which never links
+//! procmond), and the writer, [`Ledger`], which is procmond's alone.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use sentineld_proto::v1::ScanBatch;
+use sha2::{Digest, Sha256};
+use tracing::warn;
+
+// ---------------------------------------------------------------------------
+// Scan digest: sha2, prost and sentineld-proto only.
+// ---------------------------------------------------------------------------
+
+/// Domain-separation prefix of the scan digest, version 1.
+pub const SCAN_DIGEST_TAG: &[u8] = b"sentineld-scan-digest-v1";
+
+const TAG_STARTED: u8 = 0x01;
+const TAG_UPDATED: u8 = 0x02;
+const TAG_SAMPLE: u8 = 0x03;
+const TAG_EXITED: u8 = 0x04;
+const TAG_TRAILER: u8 = 0xff;
+
+/// What a scan said, summed over its chunks, with its digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanSummary {
+    pub scan_seq: u64,
+    pub time_ms: i64,
+    pub snapshot: bool,
+    pub process_count: u32,
+    pub started: u64,
+    pub updated: u64,
+    pub exited: u64,
+    pub samples: u64,
+    pub digest: [u8; 32],
+}
+
+/// Computes the digest of one scan chunk by chunk, as the chunks are sent
+/// or received. Feed the chunks of one scan, in order, then [`finish`].
+///
+/// [`finish`]: ScanDigest::finish
+#[derive(Debug, Clone)]
+pub struct ScanDigest {
+    hasher: Sha256,
+    buf: Vec<u8>,
+    last: Option<ScanBatch>,
+    started: u64,
+    updated: u64,
+    exited: u64,
+    samples: u64,
+}
+
+impl Default for ScanDigest {
+    fn default() -> ScanDigest {
+        ScanDigest::new()
+    }
+}
+
+impl ScanDigest {
+    pub fn new() -> ScanDigest {
+        let mut hasher = Sha256::new();
+        hasher.update(SCAN_DIGEST_TAG);
+        ScanDigest {
+            hasher,
+            buf: Vec::new(),
+            last: None,
+            started: 0,
+            updated: 0,
+            exited: 0,
+            samples: 0,
+        }
+    }
+
+    /// Hashes the records of the next chunk.
+    pub fn update(&mut self, batch: &ScanBatch) {
+        for r in &batch.started {
+            self.item(TAG_STARTED, r);
+        }
+        for r in &batch.updated {
+            self.item(TAG_UPDATED, r);
+        }
+        for s in &batch.samples {
+            self.item(TAG_SAMPLE, s);
+        }
+        for e in &batch.exited {
+            self.item(TAG_EXITED, e);
+        }
+        self.started += batch.started.len() as u64;
+        self.updated += batch.updated.len() as u64;
+        self.samples += batch.samples.len() as u64;
+        self.exited += batch.exited.len() as u64;
+        // Only the header fields are needed from the last chunk.
+        self.last = Some(ScanBatch {
+            scan_seq: batch.scan_seq,
+            time_ms: batch.time_ms,
+            snapshot: batch.snapshot,
+            duration_us: batch.duration_us,
+            process_count: batch.process_count,
+            stats: batch.stats,
+            ..ScanBatch::default()
+        });
+    }
+
+    fn item(&mut self, tag: u8, message: &impl Message) {
+        self.buf.clear();
+        message
+            .encode(&mut self.buf)
+            .expect("a Vec grows to hold any message");
+        // One record is far below the frame limit, itself far below 4 GiB.
+        let len = u32::try_from(self.buf.len()).unwrap_or(u32::MAX);
+        self.hasher.update([tag]);
+        self.hasher.update(len.to_le_bytes());
+        self.hasher.update(&self.buf);
+    }
+
+    /// Hashes the trailer (from the last chunk fed) and returns the digest
+    /// with the scan's counts. A scan with no chunk at all hashes zeros.
+    pub fn finish(mut self) -> ScanSummary {
+        let last = self.last.take().unwrap_or_default();
+        let stats = last.stats.unwrap_or_default();
+        let h = &mut self.hasher;
+        h.update([TAG_TRAILER]);
+        h.update(last.scan_seq.to_le_bytes());
+        h.update(last.time_ms.to_le_bytes());
+        h.update([u8::from(last.snapshot)]);
+        h.update(last.process_count.to_le_bytes());
+        h.update(last.duration_us.to_le_bytes());
+        h.update(stats.vanished.to_le_bytes());
+        h.update(stats.unreadable.to_le_bytes());
+        h.update(stats.hash_pending.to_le_bytes());
+        ScanSummary {
+            scan_seq: last.scan_seq,
+            time_ms: last.time_ms,
+            snapshot: last.snapshot,
+            process_count: last.process_count,
+            started: self.started,
+            updated: self.updated,
+            exited: self.exited,
+            samples: self.samples,
+            digest: self.hasher.finalize().into(),
+        }
+    }
+}
+
+/// The digest and counts of a whole scan, given as its chunks in order.
+pub fn scan_summary(batches: &[ScanBatch]) -> ScanSummary {
+    let mut d = ScanDigest::new();
+    for b in batches {
+        d.update(b);
+    }
+    d.finish()
+}
+
+/// The digest of a whole scan, given as its chunks in order.
+pub fn scan_digest(batches: &[ScanBatch]) -> [u8; 32] {
+    scan_summary(batches).digest
+}
+
+// ---------------------------------------------------------------------------
+// Entry format and verification: std, sha2, hex, serde_json, thiserror only.
+// ---------------------------------------------------------------------------
+
+/// Name of the ledger in procmond's state directory.
+pub const FILE_NAME: &str = "ledger.log";
+
+/// Domain-separation prefix of the entry hash, version 1.
+pub const ENTRY_HASH_TAG: &[u8] = b"sentineld-ledger-entry-v1";
+
+/// `prev` of the first entry.
+pub const ZERO_HASH: [u8; 32] = [0; 32];
+
+/// Longest line read; a longer one is unparseable (an entry is ~430 bytes).
+const MAX_LINE: u64 = 4096;
+
+/// What an entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// One scan.
+    Scan,
+    /// procmond found the chain broken and goes on from here.
+    Reset,
+}
+
+impl EntryKind {
+    fn code(self) -> u8 {
+        match self {
+            EntryKind::Scan => 0,
+            EntryKind::Reset => 1,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            EntryKind::Scan => "scan",
+            EntryKind::Reset => "reset",
+        }
+    }
+}
+
+/// The contents of an entry before it is chained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewEntry {
+    /// The scan's start time, unix milliseconds.
+    pub time_ms: i64,
+    pub scan_seq: u64,
+    pub boot_id: [u8; 16],
+    pub process_count: u32,
+    pub started: u64,
+    pub updated: u64,
+    pub exited: u64,
+    pub samples: u64,
+    /// The scan digest.
+    pub digest: [u8; 32],
+}
+
+/// One ledger entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: EntryKind,
+    pub seq: u64,
+    pub time_ms: i64,
+    pub scan_seq: u64,
+    pub boot_id: [u8; 16],
+    pub process_count: u32,
+    pub started: u64,
+    pub updated: u64,
+    pub exited: u64,
+    pub samples: u64,
+    pub digest: [u8; 32],
+    pub prev: [u8; 32],
+    /// As stored; [`Entry::computed_hash`] is what it should be.
+    pub hash: [u8; 32],
+}
+
+const FIELDS: [&str; 13] = [
+    "seq",
+    "kind",
+    "time_ms",
+    "scan_seq",
+    "boot_id",
+    "process_count",
+    "started",
+    "updated",
+    "exited",
+    "samples",
+    "digest",
+    "prev",
+    "hash",
+];
+
+impl Entry {
+    /// Chains `new` after `prev` as entry `seq`.
+    pub fn seal(kind: EntryKind, seq: u64, new: &NewEntry, prev: [u8; 32]) -> Entry {
+        let mut e = Entry {
+            kind,
+            seq,
+            time_ms: new.time_ms,
+            scan_seq: new.scan_seq,
+            boot_id: new.boot_id,
+            process_count: new.process_count,
+            started: new.started,
+            updated: new.updated,
+            exited: new.exited,
+            samples: new.samples,
+            digest: new.digest,
+            prev,
+            hash: ZERO_HASH,
+        };
+        e.hash = e.computed_hash();
+        e
+    }
+
+    /// The entry hash over every field but `hash` (layout in the module
+    /// doc).
+    pub fn computed_hash(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(ENTRY_HASH_TAG);
+        h.update([self.kind.code()]);
+        h.update(self.seq.to_le_bytes());
+        h.update(self.time_ms.to_le_bytes());
+        h.update(self.scan_seq.to_le_bytes());
+        h.update(self.boot_id);
+        h.update(self.process_count.to_le_bytes());
+        h.update(self.started.to_le_bytes());
+        h.update(self.updated.to_le_bytes());
+        h.update(self.exited.to_le_bytes());
+        h.update(self.samples.to_le_bytes());
+        h.update(self.digest);
+        h.update(self.prev);
+        h.finalize().into()
+    }
+
+    /// The entry as one line of the ledger, newline included.
+    pub fn to_line(&self) -> String {
+        format!(
+            "{{\"seq\":{},\"kind\":\"{}\",\"time_ms\":{},\"scan_seq\":{},\"boot_id\":\"{}\",\
+             \"process_count\":{},\"started\":{},\"updated\":{},\"exited\":{},\"samples\":{},\
+             \"digest\":\"{}\",\"prev\":\"{}\",\"hash\":\"{}\"}}\n",
+            self.seq,
+            self.kind.name(),
+            self.time_ms,
+            self.scan_seq,
+            hex::encode(self.boot_id),
+            self.process_count,
+            self.started,
+            self.updated,
+            self.exited,
+            self.samples,
+            hex::encode(self.digest),
+            hex::encode(self.prev),
+            hex::encode(self.hash),
+        )
+    }
+
+    /// Parses one line (with or without its newline). `None` when it is
+    /// not exactly an entry: not JSON, a field missing, unknown or of the
+    /// wrong type, or hex that is not lowercase of the right length.
+    pub fn parse_line(line: &[u8]) -> Option<Entry> {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+        let map = value.as_object()?;
+        if map.len() != FIELDS.len() || !FIELDS.iter().all(|f| map.contains_key(*f)) {
+            return None;
+        }
+        let u = |key: &str| map.get(key).and_then(serde_json::Value::as_u64);
+        let kind = match map.get("kind")?.as_str()? {
+            "scan" => EntryKind::Scan,
+            "reset" => EntryKind::Reset,
+            _ => return None,
+        };
+        Some(Entry {
+            kind,
+            seq: u("seq")?,
+            time_ms: map.get("time_ms")?.as_i64()?,
+            scan_seq: u("scan_seq")?,
+            boot_id: hex_field(map.get("boot_id")?)?,
+            process_count: u32::try_from(u("process_count")?).ok()?,
+            started: u("started")?,
+            updated: u("updated")?,
+            exited: u("exited")?,
+            samples: u("samples")?,
+            digest: hex_field(map.get("digest")?)?,
+            prev: hex_field(map.get("prev")?)?,
+            hash: hex_field(map.get("hash")?)?,
+        })
+    }
+}
+
+fn hex_field<const N: usize>(value: &serde_json::Value) -> Option<[u8; N]> {
+    let text = value.as_str()?;
+    let mut out = [0u8; N];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    (hex::encode(out) == text).then_some(out)
+}
+
+/// Where and how the chain breaks. Lines count from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Break {
+    /// The line is not an entry.
+    Unparseable { line: u64 },
+    /// The entry's contents do not match its hash: it was edited.
+    Edited { seq: u64, line: u64 },
+    /// Entries are missing before this one (their sequence numbers appear
+    /// nowhere later).
+    Deleted {
+        expected_seq: u64,
+        found_seq: u64,
+        line: u64,
+    },
+    /// The entry is out of place: the expected one comes later, or this one
+    /// belongs earlier (moved or duplicated).
+    Reordered {
+        expected_seq: u64,
+        found_seq: u64,
+        line: u64,
+    },
+    /// The entry does not link to the one before it (that one, or this
+    /// one's `prev`, was replaced with a consistent hash).
+    BadPrev { seq: u64, line: u64 },
+}
+
+impl std::fmt::Display for Break {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Break::Unparseable { line } => write!(f, "line {line} is not a ledger entry"),
+            Break::Edited { seq, line } => {
+                write!(
+                    f,
+                    "entry {seq} (line {line}) was edited: its hash does not match"
+                )
+            }
+            Break::Deleted {
+                expected_seq,
+                found_seq,
+                line,
+            } if found_seq == expected_seq.saturating_add(1) => {
+                write!(f, "entry {expected_seq} is missing before line {line}")
+            }
+            Break::Deleted {
+                expected_seq,
+                found_seq,
+                line,
+            } => write!(
+                f,
+                "entries {expected_seq} to {} are missing before line {line}",
+                found_seq.saturating_sub(1)
+            ),
+            Break::Reordered {
+                expected_seq,
+                found_seq,
+                line,
+            } => write!(
+                f,
+                "entry {found_seq} is out of place at line {line}, where entry {expected_seq} belongs"
+            ),
+            Break::BadPrev { seq, line } => write!(
+                f,
+                "entry {seq} (line {line}) does not link to the entry before it"
+            ),
+        }
+    }
+}
+
+/// A last line without its newline: an append in progress or cut short by
+/// a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TornTail {
+    pub line: u64,
+    pub bytes: u64,
+}
+
+/// An entry and its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Located {
+    pub line: u64,
+    pub entry: Entry,
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Every line that parses, in file order (also those past a break).
+    pub entries: Vec<Located>,
+    /// The first place the chain breaks; `None` when it holds.
+    pub first_break: Option<Break>,
+    /// A last line without a newline, left out of the check.
+    pub torn_tail: Option<TornTail>,
+}
+
+impl VerifyReport {
+    pub fn is_intact(&self) -> bool {
+        self.first_break.is_none()
+    }
+
+    /// Sequence number and stored hash of the last entry.
+    pub fn head(&self) -> Option<(u64, [u8; 32])> {
+        self.entries.last().map(|l| (l.entry.seq, l.entry.hash))
+    }
+}
+
+/// Why the ledger cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    #[error("cannot open the ledger {}: {source}", path.display())]
+    Open { path: PathBuf, source: io::Error },
+    #[error(
+        "the ledger {} is held by another process: stop the other procmond first",
+        path.display()
+    )]
+    Locked { path: PathBuf },
+    #[error("cannot read the ledger {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot append to the ledger {}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot cut the torn last line off the ledger {}: {source}", path.display())]
+    Truncate { path: PathBuf, source: io::Error },
+}
+
+/// One line as read.
+#[derive(Debug)]
+struct RawLine {
+    no: u64,
+    start: u64,
+    len: u64,
+    /// Ends with a newline.
+    complete: bool,
+    entry: Option<Entry>,
+}
+
+/// Reads every line, bounding the memory a long line takes.
+fn read_lines(file: &File) -> io::Result<Vec<RawLine>> {
+    let mut reader = BufReader::new(file);
+    let mut buf = Vec::with_capacity(512);
+    let mut lines = Vec::new();
+    let mut start = 0u64;
+    loop {
+        buf.clear();
+        let n = (&mut reader)
+            .take(MAX_LINE + 1)
+            .read_until(b'\n', &mut buf)? as u64;
+        if n == 0 {
+            return Ok(lines);
+        }
+        let mut len = n;
+        let mut complete = buf.ends_with(b"\n");
+        let mut entry = Entry::parse_line(&buf);
+        if !complete && n > MAX_LINE {
+            entry = None;
+            while !complete {
+                buf.clear();
+                let m = (&mut reader).take(MAX_LINE).read_until(b'\n', &mut buf)? as u64;
+                if m == 0 {
+                    break;
+                }
+                len += m;
+                complete = buf.ends_with(b"\n");
+            }
+        }
+        lines.push(RawLine {
+            no: lines.len() as u64 + 1,
+            start,
+            len,
+            complete,
+            entry,
+        });
+        start += len;
+    }
+}
+
+/// Walks `lines` as a chain that should start at `seq` after `prev`;
+/// returns the first break.
+fn walk(lines: &[RawLine], mut seq: u64, mut prev: [u8; 32]) -> Option<Break> {
+    for (i, line) in lines.iter().enumerate() {
+        let Some(e) = &line.entry else {
+            return Some(Break::Unparseable { line: line.no });
+        };
+        if e.computed_hash() != e.hash {
+            return Some(Break::Edited {
+                seq: e.seq,
+                line: line.no,
+            });
+        }
+        if e.seq != seq {
+            let later = lines[i + 1..]
+                .iter()
+                .any(|l| l.entry.is_some_and(|later| later.seq == seq));
+            return Some(if later || e.seq < seq {
+                Break::Reordered {
+                    expected_seq: seq,
+                    found_seq: e.seq,
+                    line: line.no,
+                }
+            } else {
+                Break::Deleted {
+                    expected_seq: seq,
+                    found_seq: e.seq,
+                    line: line.no,
+                }
+            });
+        }
+        if e.prev != prev {
+            return Some(Break::BadPrev {
+                seq: e.seq,
+                line: line.no,
+            });
+        }
+        seq = e.seq.saturating_add(1);
+        prev = e.hash;
+    }
+    None
+}
+
+/// Checks the whole chain of a ledger (`path` is the file, or the state
+/// directory holding [`FILE_NAME`]). Reads only; safe beside the writer.
+pub fn verify(path: &Path) -> Result<VerifyReport, LedgerError> {
+    let path = if path.is_dir() {
+        path.join(FILE_NAME)
+    } else {
+        path.to_path_buf()
+    };
+    let file = File::open(&path).map_err(|source| LedgerError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    let mut lines = read_lines(&file).map_err(|source| LedgerError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let torn_tail = match lines.last() {
+        Some(last) if !last.complete => Some(TornTail {
+            line: last.no,
+            bytes: last.len,
+        }),
+        _ => None,
+    };
+    if torn_tail.is_some() {
+        lines.pop();
+    }
+    Ok(VerifyReport {
+        first_break: walk(&lines, 1, ZERO_HASH),
+        entries: lines
+            .iter()
+            .filter_map(|l| l.entry.map(|entry| Located { line: l.no, entry }))
+            .collect(),
+        torn_tail,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The writer: procmond only.
+// ---------------------------------------------------------------------------
+
+/// What [`Ledger::open`] repaired or noticed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// The torn last line that was cut off.
+    pub torn: Option<TornTail>,
+    /// The break since the last reset that made open append a reset entry.
+    pub reset: Option<Break>,
+}
+
+/// procmond's handle on its ledger: appends one entry per scan.
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    file: File,
+    /// Length of the file after the last good append.
+    len: u64,
+    head: Option<(u64, [u8; 32])>,
+    recovery: Recovery,
+}
+
+impl Ledger {
+    /// Opens (or creates) `dir/ledger.log`, takes the writer's lock, cuts a
+    /// torn last line and appends a reset entry if the chain is broken
+    /// since the last one (see the module doc).
+    pub fn open(dir: &Path) -> Result<Ledger, LedgerError> {
+        let path = dir.join(FILE_NAME);
+        let open_err = |source| LedgerError::Open {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(open_err)?;
+        let mut options = OpenOptions::new();
+        options.read(true).append(true).create(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o644);
+        let file = options.open(&path).map_err(open_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(LedgerError::Locked { path });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(LedgerError::Open { path, source });
+            }
+        }
+
+        let mut lines = read_lines(&file).map_err(|source| LedgerError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut recovery = Recovery::default();
+        let mut len = lines.last().map_or(0, |l| l.start + l.len);
+        if let Some(last) = lines.last()
+            && (!last.complete || last.entry.is_none())
+        {
+            let torn = TornTail {
+                line: last.no,
+                bytes: last.len,
+            };
+            len = last.start;
+            file.set_len(len)
+                .and_then(|()| file.sync_data())
+                .map_err(|source| LedgerError::Truncate {
+                    path: path.clone(),
+                    source,
+                })?;
+            warn!(
+                path = %path.display(),
+                line = torn.line,
+                bytes = torn.bytes,
+                "ledger: torn last line cut off (an append was interrupted)"
+            );
+            recovery.torn = Some(torn);
+            lines.pop();
+        }
+
+        let head = lines
+            .iter()
+            .rev()
+            .find_map(|l| l.entry.map(|e| (e.seq, e.hash)));
+        let mut ledger = Ledger {
+            path,
+            file,
+            len,
+            head,
+            recovery,
+        };
+        if let Some(broken) = break_since_last_reset(&lines) {
+            warn!(
+                path = %ledger.path.display(),
+                %broken,
+                "ledger: the chain is broken; history is kept and a reset entry continues it"
+            );
+            let reset = NewEntry {
+                time_ms: sentineld_common::time::now_millis(),
+                scan_seq: 0,
+                boot_id: sentineld_common::host::boot_id(),
+                process_count: 0,
+                started: 0,
+                updated: 0,
+                exited: 0,
+                samples: 0,
+                digest: ZERO_HASH,
+            };
+            ledger.push(EntryKind::Reset, &reset)?;
+            ledger.recovery.reset = Some(broken);
+        }
+        Ok(ledger)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What opening repaired or noticed.
+    pub fn recovery(&self) -> Recovery {
+        self.recovery
+    }
+
+    /// Sequence number and hash of the last entry.
+    pub fn head(&self) -> Option<(u64, [u8; 32])> {
+        self.head
+    }
+
+    /// Appends the entry of one scan and syncs it to disk.
+    pub fn append(&mut self, entry: NewEntry) -> Result<Entry, LedgerError> {
+        self.push(EntryKind::Scan, &entry)
+    }
+
+    /// Appends the entry of the scan sent as `batches` (its chunks, in
+    /// order).
+    pub fn append_scan(
+        &mut self,
+        boot_id: [u8; 16],
+        batches: &[ScanBatch],
+    ) -> Result<Entry, LedgerError> {
+        let s = scan_summary(batches);
+        self.append(NewEntry {
+            time_ms: s.time_ms,
+            scan_seq: s.scan_seq,
+            boot_id,
+            process_count: s.process_count,
+            started: s.started,
+            updated: s.updated,
+            exited: s.exited,
+            samples: s.samples,
+            digest: s.digest,
+        })
+    }
+
+    fn push(&mut self, kind: EntryKind, new: &NewEntry) -> Result<Entry, LedgerError> {
+        let (seq, prev) = match self.head {
+            Some((seq, hash)) => (seq.saturating_add(1), hash),
+            None => (1, ZERO_HASH),
+        };
+        let entry = Entry::seal(kind, seq, new, prev);
+        let line = entry.to_line();
+        let written = (&self.file)
+            .write_all(line.as_bytes())
+            .and_then(|()| self.file.sync_data());
+        if let Err(source) = written {
+            // Leave no partial line for the next append to follow.
+            if let Err(e) = self.file.set_len(self.len) {
+                warn!(path = %self.path.display(), error = %e, "ledger: cannot cut a failed append off");
+            }
+            return Err(LedgerError::Write {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        self.len += line.len() as u64;
+        self.head = Some((seq, entry.hash));
+        Ok(entry)
+    }
+}
+
+/// The first break in the chain since the last reset entry (or the start).
+fn break_since_last_reset(lines: &[RawLine]) -> Option<Break> {
+    let reset = lines
+        .iter()
+        .rposition(|l| l.entry.is_some_and(|e| e.kind == EntryKind::Reset));
+    match reset {
+        None => walk(lines, 1, ZERO_HASH),
+        Some(i) => {
+            let line = &lines[i];
+            let e = line.entry.expect("the reset line parsed");
+            if e.computed_hash() != e.hash {
+                return Some(Break::Edited {
+                    seq: e.seq,
+                    line: line.no,
+                });
+            }
+            walk(&lines[i + 1..], e.seq.saturating_add(1), e.hash)
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+mod tests {
+    use sentineld_proto::v1::{InstanceRef, ProcessRecord, Sample, ScanStats};
+    use tempfile::TempDir;
+
+    use crate::ledger::*;
+    use crate::scan::Scan;
+
+    const BOOT: [u8; 16] = [7; 16];
+
+    fn new_entry(n: u64) -> NewEntry {
+        NewEntry {
+            time_ms: 1_700_000_000_000 + n as i64,
+            scan_seq: n,
+            boot_id: BOOT,
+            process_count: 100 + n as u32,
+            started: n,
+            updated: 0,
+            exited: 1,
+            samples: 99,
+            digest: [n as u8; 32],
+        }
+    }
+
+    fn ledger_with(n: u64) -> (TempDir, Ledger) {
+        let dir = TempDir::new().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        for i in 1..=n {
+            ledger.append(new_entry(i)).unwrap();
+        }
+        (dir, ledger)
+    }
+
+    fn lines(dir: &TempDir) -> Vec<String> {
+        std::fs::read_to_string(dir.path().join(FILE_NAME))
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn write_lines(dir: &TempDir, lines: &[String]) {
+        let mut text = lines.join("\n");
+        text.push('\n');
+        std::fs::write(dir.path().join(FILE_NAME), text).unwrap();
+    }
+
+    #[test]
+    fn append_reopen_and_continue() {
+        let (dir, ledger) = ledger_with(3);
+        let head = ledger.head().unwrap();
+        assert_eq!(head.0, 3);
+        drop(ledger);
+
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.recovery(), Recovery::default());
+        assert_eq!(ledger.head(), Some(head));
+        let e4 = ledger.append(new_entry(4)).unwrap();
+        assert_eq!((e4.seq, e4.prev), (4, head.1));
+        ledger.append(new_entry(5)).unwrap();
+
+        let report = verify(dir.path()).unwrap();
+        assert!(report.is_intact(), "{:?}", report.first_break);
+        assert_eq!(report.torn_tail, None);
+        assert_eq!(report.head(), ledger.head());
+        let seqs: Vec<u64> = report.entries.iter().map(|l| l.entry.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+        assert_eq!(report.entries[0].entry.prev, ZERO_HASH);
+        for pair in report.entries.windows(2) {
+            assert_eq!(pair[1].entry.prev, pair[0].entry.hash);
+        }
+        assert_eq!(report.entries[3].entry, e4);
+        assert_eq!(report.entries[3].line, 4);
+    }
+
+    #[test]
+    fn empty_and_missing_ledgers() {
+        let dir = TempDir::new().unwrap();
+        assert!(matches!(verify(dir.path()), Err(LedgerError::Open { .. })));
+        let ledger = Ledger::open(&dir.path().join("state")).unwrap();
+        assert_eq!(ledger.head(), None);
+        let report = verify(ledger.path()).unwrap();
+        assert!(report.is_intact());
+        assert!(report.entries.is_empty());
+        assert_eq!(report.head(), None);
+    }
+
+    #[test]
+    fn a_second_writer_is_refused() {
+        let (dir, _ledger) = ledger_with(1);
+        let err = Ledger::open(dir.path()).unwrap_err();
+        assert!(matches!(err, LedgerError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("another process"));
+    }
+
+    #[test]
+    fn line_format_round_trips() {
+        let e = Entry::seal(EntryKind::Scan, 9, &new_entry(9), [3; 32]);
+        let line = e.to_line();
+        assert!(line.starts_with("{\"seq\":9,\"kind\":\"scan\",\"time_ms\":1700000000009,"));
+        assert!(line.ends_with("\"}\n"));
+        assert_eq!(Entry::parse_line(line.as_bytes()), Some(e));
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["boot_id"], hex::encode(BOOT));
+
+        let extra = line.replacen("{", "{\"note\":1,", 1);
+        assert_eq!(Entry::parse_line(extra.as_bytes()), None);
+        let upper = line.replace(&hex::encode(e.hash), &hex::encode_upper(e.hash));
+        assert_eq!(Entry::parse_line(upper.as_bytes()), None);
+        let missing = line.replace(",\"samples\":99", "");
+        assert_eq!(Entry::parse_line(missing.as_bytes()), None);
+        assert_eq!(Entry::parse_line(b"{\"seq\":1"), None);
+    }
+
+    #[test]
+    fn every_field_is_in_the_hash() {
+        let base = Entry::seal(EntryKind::Scan, 2, &new_entry(2), [1; 32]);
+        let edits: Vec<fn(&mut Entry)> = vec![
+            |e| e.kind = EntryKind::Reset,
+            |e| e.seq += 1,
+            |e| e.time_ms += 1,
+            |e| e.scan_seq += 1,
+            |e| e.boot_id[15] ^= 1,
+            |e| e.process_count += 1,
+            |e| e.started += 1,
+            |e| e.updated += 1,
+            |e| e.exited += 1,
+            |e| e.samples += 1,
+            |e| e.digest[0] ^= 1,
+            |e| e.prev[31] ^= 1,
+        ];
+        for (i, edit) in edits.iter().enumerate() {
+            let mut e = base;
+            edit(&mut e);
+            assert_ne!(e.computed_hash(), base.hash, "field {i} is not hashed");
+        }
+    }
+
+    #[test]
+    fn an_edited_entry_is_found() {
+        let (dir, ledger) = ledger_with(5);
+        drop(ledger);
+        let mut text = lines(&dir);
+        text[2] = text[2].replace("\"process_count\":103", "\"process_count\":3");
+        write_lines(&dir, &text);
+        let report = verify(dir.path()).unwrap();
+        assert_eq!(report.first_break, Some(Break::Edited { seq: 3, line: 3 }));
+        assert_eq!(report.entries.len(), 5);
+    }
+
+    #[test]
+    fn an_edited_entry_with_a_fresh_hash_breaks_the_next_link() {
+        let (dir, ledger) = ledger_with(5);
+        drop(ledger);
+        let mut text = lines(&dir);
+        let mut e = Entry::parse_line(text[2].as_bytes()).unwrap();
+        e.process_count = 3;
+        e.hash = e.computed_hash();
+        text[2] = e.to_line().trim_end().to_owned();
+        write_lines(&dir, &text);
+        let report = verify(dir.path()).unwrap();
+        assert_eq!(report.first_break, Some(Break::BadPrev { seq: 4, line: 4 }));
+    }
+
+    #[test]
+    fn a_deleted_entry_is_found() {
+        let (dir, ledger) = ledger_with(5);
+        drop(ledger);
+        let mut text = lines(&dir);
+        text.remove(2);
+        write_lines(&dir, &text);
+        let report = verify(dir.path()).unwrap();
+        assert_eq!(
+            report.first_break,
+            Some(Break::Deleted {
+                expected_seq: 3,
+                found_seq: 4,
+                line: 3
+            })
+        );
+        assert_eq!(
+            report.first_break.unwrap().to_string(),
+            "entry 3 is missing before line 3"
+        );
+
+        let mut text = lines(&dir);
+        text.remove(0);
+        write_lines(&dir, &text);
+        let report = verify(dir.path()).unwrap();
+        assert_eq!(
+            report.first_break,
+            Some(Break::Deleted {
+                expected_seq: 1,
+                found_seq: 2,
+                line: 1
+            })
+        );
+    }
+
+    #[test]
+    fn reordered_entries_are_found() {
+        let (dir, ledger) = ledger_with(5);
+        drop(ledger);
+        let mut text = lines(&dir);
+        text.swap(1, 2);
+        write_lines(&dir, &text);
+        let report = verify(dir.path()).unwrap();
+        assert_eq!(
+            report.first_break,
+            Some(Break::Reordered {
+                expected_seq: 2,
+                found_seq: 3,
+                line: 2
+            })
+        );
+
+        // A duplicated entry is out of place too.
+        let (dir, ledger) = ledger_with(3);
+        drop(ledger);
+        let mut text = lines(&dir);
+        text.push(text[1].clone());
+        write_lines(&dir, &text);
+        let report = verify(dir.path()).unwrap();
+        assert_eq!(
+            report.first_break,
+            Some(Break::Reordered {
+                expected_seq: 4,
+                found_seq: 2,
+                line: 4
+            })
+        );
+    }
+
+    #[test]
+    fn garbage_in_the_middle_is_unparseable() {
+        let (dir, ledger) = ledger_with(3);
+        drop(ledger);
+        let mut text = lines(&dir);
+        text.insert(1, "x".repeat(10_000));
+        write_lines(&dir, &text);
+        let report = verify(dir.path()).unwrap();
+        assert_eq!(report.first_break, Some(Break::Unparseable { line: 2 }));
+        let seen: Vec<u64> = report.entries.iter().map(|l| l.line).collect();
+        assert_eq!(seen, vec![1, 3, 4], "lines are counted past a long one");
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_on_open() {
+        let (dir, ledger) = ledger_with(3);
+        let head = ledger.head();
+        drop(ledger);
+        let path = dir.path().join(FILE_NAME);
+        let good = std::fs::metadata(&path).unwrap().len();
+        let partial =
+            &Entry::seal(EntryKind::Scan, 4, &new_entry(4), head.unwrap().1).to_line()[..50];
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(partial.as_bytes()).unwrap();
+        drop(f);
+
+        // A reader beside the writer sees an append in progress, not a break.
+        let report = verify(&path).unwrap();
+        assert!(report.is_intact());
+        assert_eq!(report.torn_tail, Some(TornTail { line: 4, bytes: 50 }));
+        assert_eq!(report.head(), head);
+
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(
+            ledger.recovery(),
+            Recovery {
+                torn: Some(TornTail { line: 4, bytes: 50 }),
+                reset: None
+            }
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
+        assert_eq!(ledger.head(), head);
+        assert_eq!(ledger.append(new_entry(4)).unwrap().seq, 4);
+        let report = verify(&path).unwrap();
+        assert!(report.is_intact());
+        assert_eq!((report.entries.len(), report.torn_tail), (4, None));
+    }
+
+    #[test]
+    fn an_unparseable_last_line_is_cut_off_on_open() {
+        let (dir, ledger) = ledger_with(2);
+        drop(ledger);
+        let mut text = lines(&dir);
+        text.push("{\"seq\":3,\"kind\":".into());
+        write_lines(&dir, &text);
+        let report = verify(dir.path()).unwrap();
+        assert_eq!(report.first_break, Some(Break::Unparseable { line: 3 }));
+
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.recovery().torn.map(|t| t.line), Some(3));
+        assert_eq!(ledger.recovery().reset, None);
+        drop(ledger);
+        assert!(verify(dir.path()).unwrap().is_intact());
+    }
+
+    #[test]
+    fn a_broken_chain_gets_a_reset_once_and_keeps_its_history() {
+        let (dir, ledger) = ledger_with(5);
+        drop(ledger);
+        let mut text = lines(&dir);
+        text.remove(1);
+        write_lines(&dir, &text);
+        let last = Entry::parse_line(text[3].as_bytes()).unwrap();
+
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let deleted = Break::Deleted {
+            expected_seq: 2,
+            found_seq: 3,
+            line: 2,
+        };
+        assert_eq!(ledger.recovery().reset, Some(deleted));
+        assert_eq!(ledger.head().map(|h| h.0), Some(6));
+        ledger.append(new_entry(7)).unwrap();
+        drop(ledger);
+
+        let after = lines(&dir);
+        assert_eq!(after[..4], text[..], "history is not rewritten");
+        let reset = Entry::parse_line(after[4].as_bytes()).unwrap();
+        assert_eq!(reset.kind, EntryKind::Reset);
+        assert_eq!((reset.seq, reset.prev), (6, last.hash));
+
+        // The original break stays visible; the reset itself links.
+        let report = verify(dir.path()).unwrap();
+        assert_eq!(report.first_break, Some(deleted));
+        assert_eq!(report.entries.len(), 6);
+
+        // The chain since the reset holds: no second reset.
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.recovery(), Recovery::default());
+        assert_eq!(ledger.head().map(|h| h.0), Some(7));
+    }
+
+    #[test]
+    fn a_break_after_a_reset_gets_another_reset() {
+        let (dir, ledger) = ledger_with(3);
+        drop(ledger);
+        let mut text = lines(&dir);
+        text.swap(0, 1);
+        write_lines(&dir, &text);
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        ledger.append(new_entry(5)).unwrap();
+        ledger.append(new_entry(6)).unwrap();
+        drop(ledger);
+
+        let mut text = lines(&dir);
+        text[5] = text[5].replace("\"exited\":1", "\"exited\":2");
+        write_lines(&dir, &text);
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(
+            ledger.recovery().reset,
+            Some(Break::Edited { seq: 6, line: 6 })
+        );
+        assert_eq!(ledger.head().map(|h| h.0), Some(7));
+    }
+
+    // Scan digest.
+
+    fn instance(pid: u32) -> InstanceRef {
+        InstanceRef {
+            pid,
+            start_time: 1000 + i64::from(pid),
+        }
+    }
+
+    fn sample(pid: u32) -> Sample {
+        Sample {
+            instance: Some(instance(pid)),
+            cpu_percent: 1.5,
+            rss_bytes: 4096 * u64::from(pid),
+            status: "S".into(),
+            ..Sample::default()
+        }
+    }
+
+    fn record(pid: u32) -> ProcessRecord {
+        ProcessRecord {
+            instance: Some(instance(pid)),
+            ppid: 1,
+            name: format!("p{pid}"),
+            cmdline: vec![format!("/bin/p{pid}"), "--flag".into()],
+            sample: Some(sample(pid)),
+            ..ProcessRecord::default()
+        }
+    }
+
+    fn scan() -> Scan {
+        Scan {
+            scan_seq: 12,
+            time_ms: 1_700_000_000_123,
+            duration_us: 900,
+            snapshot: false,
+            process_count: 40,
+            stats: ScanStats {
+                vanished: 1,
+                unreadable: 0,
+                hash_pending: 2,
+            },
+            started: (1..=5).map(record).collect(),
+            exited: (20..=22).map(instance).collect(),
+            samples: (6..=15).map(sample).collect(),
+            updated: vec![record(30)],
+        }
+    }
+
+    #[test]
+    fn digest_is_deterministic_and_independent_of_chunking() {
+        let whole = scan_summary(&scan().into_batches(1000));
+        assert_eq!(whole, scan_summary(&scan().into_batches(1000)));
+        for chunk in [1, 2, 3, 7, 18, 19] {
+            let batches = scan().into_batches(chunk);
+            assert_eq!(scan_summary(&batches), whole, "{chunk} records per chunk");
+        }
+        assert_eq!(
+            (whole.scan_seq, whole.time_ms, whole.process_count),
+            (12, 1_700_000_000_123, 40)
+        );
+        assert_eq!(
+            (whole.started, whole.updated, whole.exited, whole.samples),
+            (5, 1, 3, 10)
+        );
+        assert_eq!(scan_digest(&scan().into_batches(4)), whole.digest);
+
+        // Incremental, as the agent receives the chunks.
+        let mut d = ScanDigest::new();
+        for b in &scan().into_batches(3) {
+            d.update(b);
+        }
+        assert_eq!(d.finish(), whole);
+    }
+
+    #[test]
+    fn digest_changes_with_any_content() {
+        let base = scan_digest(&scan().into_batches(4));
+        type Edit = fn(&mut Scan);
+        let edits: Vec<(&str, Edit)> = vec![
+            ("record name", |s| s.started[2].name.push('x')),
+            ("nested sample", |s| {
+                s.started[0].sample.as_mut().unwrap().rss_bytes += 1;
+            }),
+            ("sample cpu", |s| s.samples[9].cpu_percent = 1.25),
+            ("exited", |s| s.exited[1].start_time += 1),
+            ("updated", |s| s.updated[0].ppid = 2),
+            ("dropped sample", |s| {
+                s.samples.pop();
+            }),
+            ("moved from updated to started", |s| {
+                let r = s.updated.remove(0);
+                s.started.push(r);
+            }),
+            ("order", |s| s.samples.swap(0, 1)),
+            ("scan_seq", |s| s.scan_seq += 1),
+            ("time_ms", |s| s.time_ms += 1),
+            ("snapshot", |s| s.snapshot = true),
+            ("process_count", |s| s.process_count += 1),
+            ("duration", |s| s.duration_us += 1),
+            ("stats", |s| s.stats.vanished += 1),
+        ];
+        for (what, edit) in edits {
+            let mut s = scan();
+            edit(&mut s);
+            assert_ne!(scan_digest(&s.into_batches(4)), base, "{what}");
+        }
+    }
+
+    #[test]
+    fn an_empty_scan_has_a_digest() {
+        let empty = Scan {
+            scan_seq: 1,
+            ..Scan::default()
+        };
+        let summary = scan_summary(&empty.into_batches(1000));
+        assert_eq!(summary.started + summary.samples, 0);
+        assert_ne!(summary.digest, scan_digest(&[]));
+    }
+
+    #[test]
+    fn append_scan_records_the_summary() {
+        let (dir, mut ledger) = ledger_with(0);
+        let batches = scan().into_batches(5);
+        let e = ledger.append_scan(BOOT, &batches).unwrap();
+        let s = scan_summary(&batches);
+        assert_eq!(
+            (e.kind, e.seq, e.scan_seq, e.time_ms, e.digest),
+            (EntryKind::Scan, 1, 12, s.time_ms, s.digest)
+        );
+        assert_eq!((e.started, e.updated, e.exited, e.samples), (5, 1, 3, 10));
+        assert_eq!((e.process_count, e.boot_id), (40, BOOT));
+        let report = verify(dir.path()).unwrap();
+        assert!(report.is_intact());
+        assert_eq!(report.entries[0].entry, e);
+    }
+}
