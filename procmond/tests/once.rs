@@ -8,6 +8,22 @@ use common::{Reaped, copy_sleep, sha256_hex, spawn_retrying};
 use serde_json::{Value, json};
 
 /// Runs `procmond --once` and parses its JSON lines.
+/// `once()` until `pid`'s executable is hashed: `--once` waits a bounded
+/// time for hashes, which a loaded machine (other tests hashing every
+/// executable too) can exceed.
+fn once_hashed(pid: u32) -> Vec<Value> {
+    for _ in 0..3 {
+        let views = once();
+        if views
+            .iter()
+            .any(|v| v["pid"] == pid && v["hash_status"] != "pending")
+        {
+            return views;
+        }
+    }
+    once()
+}
+
 fn once() -> Vec<Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_procmond"))
         .arg("--once")
@@ -40,7 +56,7 @@ fn reports_a_child_with_an_odd_name() {
     let child = Reaped(spawn_retrying(&exe, &["30"]));
     let pid = child.0.id();
 
-    let views = once();
+    let views = once_hashed(pid);
     let v = find(&views, pid);
     let exe_str = exe.to_str().expect("utf-8 path");
     assert_eq!(v["ppid"], std::process::id());
@@ -71,7 +87,7 @@ fn hashes_what_runs_after_the_file_is_deleted() {
     std::fs::remove_file(&exe).expect("delete the copy");
     assert!(!exe.exists());
 
-    let views = once();
+    let views = once_hashed(child.0.id());
     let v = find(&views, child.0.id());
     assert_eq!(v["exe"], exe.to_str().expect("utf-8 path"));
     assert_eq!(v["exe_deleted"], true);
