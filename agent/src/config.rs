@@ -70,6 +70,20 @@ pub struct AgentArgs {
     #[arg(long = "alert-sink", value_name = "SPEC")]
     pub alert_sinks: Vec<String>,
 
+    /// Where /metrics and the JSON API are served: a loopback address, or
+    /// `off`.
+    #[arg(long, value_name = "ADDR|off", default_value = crate::http::DEFAULT_LISTEN)]
+    pub metrics_listen: String,
+
+    /// Allow --metrics-listen on an address other than loopback.
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
+
+    /// Processes exported per process by /metrics: the top N by CPU and
+    /// the top N by memory.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub metrics_top_n: u32,
+
     /// A TOML configuration file. It holds `[[sinks]]` entries (see
     /// docs/alerts.md), added to those given with --alert-sink; unknown keys
     /// are errors.
@@ -99,6 +113,9 @@ pub struct AgentConfig {
     pub rules: RuleSources,
     /// The alert sinks, validated.
     pub sinks: Vec<SinkSettings>,
+    /// Where the HTTP endpoint listens; `None` when off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub metrics_top_n: usize,
 }
 
 /// Why the command line cannot be turned into a configuration.
@@ -115,6 +132,8 @@ pub enum ConfigError {
     CurrentExe(#[source] std::io::Error),
     #[error("--alert-sink: {0}")]
     Sink(#[from] SpecError),
+    #[error("--metrics-listen: {0}")]
+    MetricsListen(#[from] crate::http::ListenError),
     #[error("cannot read config file {}: {source}", path.display())]
     ConfigRead {
         path: PathBuf,
@@ -210,6 +229,11 @@ impl AgentConfig {
                 deny_list: args.hash_deny_list,
             },
             sinks,
+            metrics_listen: crate::http::parse_listen(
+                &args.metrics_listen,
+                args.metrics_allow_remote,
+            )?,
+            metrics_top_n: args.metrics_top_n as usize,
         })
     }
 }

@@ -27,6 +27,8 @@ use sentineld_proto::view::ProcessView;
 use sha2::{Digest, Sha256};
 use tracing::{debug, error, info, warn};
 
+use crate::http::ProcessRow;
+use crate::observe::AgentState;
 use crate::rules::library::{RuleLibrary, sample_rules};
 use crate::rules::{Record, RuleSet};
 use crate::sinks::{Alert, DeliveryRecord, Dispatcher};
@@ -236,6 +238,8 @@ struct Detector {
     /// appeared after start.
     watcher: Option<notify::RecommendedWatcher>,
     trigger: ReloadTrigger,
+    /// Where the live process table is published for the HTTP endpoint.
+    state: Arc<AgentState>,
 }
 
 /// Starts the detection thread.
@@ -251,6 +255,7 @@ pub(crate) fn spawn(
     deliveries: tokio::sync::mpsc::Receiver<DeliveryRecord>,
     stats: Arc<AgentStats>,
     reload: ReloadTrigger,
+    state: Arc<AgentState>,
 ) -> std::io::Result<(DetectHandle, JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_DEPTH);
     let exe_hashes = match writer.exe_hashes() {
@@ -273,6 +278,7 @@ pub(crate) fn spawn(
         host: sentineld_common::host::hostname(),
         watcher: None,
         trigger: reload.clone(),
+        state,
     };
     detector.watch_rules_dir();
     detector.record_rule_set();
@@ -393,6 +399,7 @@ impl Detector {
 
     fn on_batch(&mut self, committed: Committed) {
         let Committed { boot_id, batch } = committed;
+        let (last_chunk, duration_us) = (batch.last_chunk, batch.duration_us);
         if batch.snapshot && batch.chunk == 0 {
             // A new session: what was live may have exited meanwhile.
             self.live.retain(|_, l| l.boot_id == boot_id);
@@ -453,6 +460,37 @@ impl Detector {
         if !sampled.is_empty() {
             self.evaluate(&sampled, Which::OnSamples);
         }
+        if last_chunk {
+            self.publish(duration_us);
+        }
+    }
+
+    /// Publishes the live process table for the HTTP endpoint.
+    fn publish(&self, duration_us: u64) {
+        let rows = self
+            .live
+            .values()
+            .map(|live| {
+                let v = live.view();
+                let row = ProcessRow {
+                    pid: v.pid,
+                    name: v.name,
+                    user: v.user,
+                    container_id: v.container_id,
+                    cpu_percent: v.cpu_percent,
+                    rss_bytes: v.rss_bytes,
+                    vms_bytes: v.vms_bytes,
+                    swap_bytes: None,
+                    threads: v.threads,
+                    open_fds: v.open_fds,
+                    exe: v.exe,
+                    cmdline: v.cmdline,
+                    start_time: v.start_time,
+                };
+                (row, live.start_time())
+            })
+            .collect();
+        self.state.publish_scan(rows, duration_us);
     }
 
     /// Evaluates the rule set on the live instances `pids`, stores new
@@ -520,7 +558,9 @@ impl Detector {
                 ));
             }
         }
-        self.stats.observe_rule_eval(started.elapsed(), pids.len());
+        let took = started.elapsed();
+        self.stats.observe_rule_eval(took, pids.len());
+        self.state.observe_rule_eval(took.as_secs_f64());
         self.remember_hashes(new_hashes);
         if raised.is_empty() {
             return;

@@ -6,8 +6,10 @@
 
 pub mod config;
 pub mod detect;
+pub mod http;
 pub(crate) mod ingest;
 pub mod lockfile;
+pub mod observe;
 pub mod rules;
 pub(crate) mod server;
 pub mod sinks;
@@ -57,6 +59,13 @@ pub enum AgentError {
     Rules(#[from] detect::LoadError),
     #[error("cannot start the alert sinks: {0}")]
     Sinks(#[from] sinks::delivery::BuildError),
+    #[error(
+        "cannot serve metrics on {addr}: {source} (pick another --metrics-listen, or --metrics-listen off)"
+    )]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 fn create_private_dir(path: &Path) -> Result<(), AgentError> {
@@ -119,6 +128,28 @@ pub async fn run(
     let stats = Arc::new(AgentStats::default());
     let (dispatcher, deliveries) = Dispatcher::start(&config.sinks, shutdown.clone()).await?;
     info!(sinks = ?dispatcher.sink_names(), "alert sinks started");
+    let state = Arc::new(observe::AgentState::new(
+        Arc::clone(&stats),
+        dispatcher.clone(),
+        store::StoreReader::from_writer(&store),
+    ));
+    let http = match config.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Metrics { addr, source })?;
+            let mut http_config = http::HttpConfig::new(config.scan_interval);
+            http_config.top_n = config.metrics_top_n;
+            let source: Arc<dyn http::StateSource> = state.clone();
+            Some(tokio::spawn(http::serve(
+                listener,
+                source,
+                http_config,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let (detect, detector) = detect::spawn(
         config.rules.clone(),
         rules,
@@ -127,6 +158,7 @@ pub async fn run(
         deliveries,
         Arc::clone(&stats),
         reload,
+        state,
     )
     .map_err(AgentError::Thread)?;
     let (ingest, writer) =
@@ -160,6 +192,9 @@ pub async fn run(
 
     if let Some(supervisor) = supervisor {
         let _ = supervisor.await;
+    }
+    if let Some(http) = http {
+        let _ = http.await;
     }
     // Every handle is gone once the server returned: the writer drains and
     // ends, then the detector (its last sender gone) stores the sinks' last

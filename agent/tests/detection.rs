@@ -130,6 +130,7 @@ fn rules_fire_once_reach_the_sinks_and_reload_without_restart() {
 
     let mut agent = Reaped(
         Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
+            .args(["--metrics-listen", "off"])
             .arg("--state-dir")
             .arg(&state)
             .arg("--rules-dir")
@@ -272,6 +273,7 @@ fn a_bad_rule_file_at_start_is_a_clear_error() {
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
+        .args(["--metrics-listen", "off"])
         .arg("--state-dir")
         .arg(dir.path().join("state"))
         .arg("--rules-dir")
@@ -288,6 +290,7 @@ fn a_bad_rule_file_at_start_is_a_clear_error() {
 fn a_bad_sink_spec_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
+        .args(["--metrics-listen", "off"])
         .arg("--state-dir")
         .arg(dir.path())
         .args(["--alert-sink", "kafka=broker:9092"])
@@ -310,6 +313,7 @@ fn a_config_file_with_an_unknown_key_is_a_clear_error() {
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
+        .args(["--metrics-listen", "off"])
         .arg("--state-dir")
         .arg(dir.path().join("state"))
         .arg("--config")

@@ -25,6 +25,7 @@ struct Agent {
 impl Agent {
     fn start(state_dir: &Path) -> Agent {
         let child = Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
+            .args(["--metrics-listen", "off"])
             .arg("--state-dir")
             .arg(state_dir)
             .args(["--scan-interval", "200ms"])
@@ -188,6 +189,7 @@ fn a_second_agent_on_the_same_state_dir_is_refused() {
     });
     assert!(ready.is_some(), "the first agent creates its socket");
     let out = Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
+        .args(["--metrics-listen", "off"])
         .arg("--state-dir")
         .arg(dir.path())
         .output()

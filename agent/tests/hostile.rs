@@ -86,6 +86,7 @@ fn bad_peers_are_dropped_and_real_scans_keep_arriving() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
     let agent = Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
+        .args(["--metrics-listen", "off"])
         .arg("--state-dir")
         .arg(state)
         .args(["--scan-interval", "200ms"])

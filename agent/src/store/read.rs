@@ -23,7 +23,7 @@ const READER_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// `open_read_only`, so it works while the agent writes and cannot write
 /// itself. Each call reads in a fresh transaction: it sees the latest commit.
 pub struct StoreReader {
-    db: ReadOnlyDatabase,
+    db: Db,
     path: PathBuf,
 }
 
@@ -93,7 +93,23 @@ pub struct ScanRow {
     pub boot_id: [u8; 16],
 }
 
+/// The database a reader reads: its own read-only handle (the CLI), or the
+/// agent's writer handle (the agent's API), both in `SingleWriter` mode.
+enum Db {
+    ReadOnly(ReadOnlyDatabase),
+    Writer(std::sync::Arc<Database>),
+}
+
 impl StoreReader {
+    /// A reader over the agent's own open store: the agent's API reads with
+    /// it while the storage thread writes.
+    pub fn from_writer(store: &crate::store::Store) -> StoreReader {
+        StoreReader {
+            db: Db::Writer(store.database()),
+            path: store.path().to_path_buf(),
+        }
+    }
+
     /// Opens the store at `path` read-only and checks that it is a SentinelD
     /// store of a schema this build reads.
     pub fn open(path: &Path) -> Result<StoreReader, StoreError> {
@@ -130,7 +146,7 @@ impl StoreReader {
         drop(meta);
         drop(txn);
         Ok(StoreReader {
-            db,
+            db: Db::ReadOnly(db),
             path: path.to_path_buf(),
         })
     }
@@ -141,7 +157,11 @@ impl StoreReader {
     }
 
     fn begin(&self) -> Result<ReadTransaction, StoreError> {
-        self.db.begin_read().in_store(&self.path)
+        match &self.db {
+            Db::ReadOnly(db) => db.begin_read(),
+            Db::Writer(db) => db.begin_read(),
+        }
+        .in_store(&self.path)
     }
 
     fn table<K: Key + 'static, V: Value + 'static>(

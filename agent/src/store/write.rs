@@ -265,6 +265,11 @@ impl Store {
         &self.path
     }
 
+    /// The shared database handle, for readers inside the agent.
+    pub(crate) fn database(&self) -> Arc<Database> {
+        Arc::clone(&self.db)
+    }
+
     /// A writer for detection's tables, sharing this store's database.
     pub fn alert_writer(&self) -> AlertWriter {
         AlertWriter::new(Arc::clone(&self.db), &self.path)

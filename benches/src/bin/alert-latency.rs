@@ -31,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let dir = tempfile::tempdir()?;
     let mut agent = Command::new(&agent_bin)
+        .args(["--metrics-listen", "off"])
         .arg("--state-dir")
         .arg(dir.path().join("state"))
         .arg("--rules-dir")

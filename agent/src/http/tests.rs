@@ -1,0 +1,866 @@
+//! End-to-end tests: a real listener on 127.0.0.1:0 and raw HTTP/1.1 over a
+//! real `TcpStream`.
+
+#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{
+    AgentCounters, BucketHistogram, HistoryError, HistoryPoint, HttpConfig, ProcessRow,
+    RULE_EVAL_BUCKETS, SCAN_DURATION_BUCKETS, Snapshot, SpikeTracker, StateSource, serve,
+};
+
+#[derive(Debug)]
+struct FakeState {
+    snapshot: Mutex<Arc<Snapshot>>,
+}
+
+impl FakeState {
+    fn new(snapshot: Snapshot) -> Arc<Self> {
+        Arc::new(Self {
+            snapshot: Mutex::new(Arc::new(snapshot)),
+        })
+    }
+
+    fn set(&self, snapshot: Snapshot) {
+        *self.snapshot.lock().unwrap() = Arc::new(snapshot);
+    }
+}
+
+impl StateSource for FakeState {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.snapshot.lock().unwrap())
+    }
+
+    fn history(&self, pid: u32, limit: usize) -> Result<Vec<HistoryPoint>, HistoryError> {
+        match pid {
+            1 => Ok((0..500)
+                .map(|i| HistoryPoint {
+                    time: format!("2026-11-03T10:{:02}:{:02}Z", i / 60 % 60, i % 60),
+                    start_time: "2026-11-03T09:00:00Z".to_owned(),
+                    cpu_percent: i as f32,
+                    rss_bytes: 1000 + i,
+                    vms_bytes: 2000,
+                    threads: 3,
+                    open_fds: Some(7),
+                })
+                .take(limit)
+                .collect()),
+            2 => Err(HistoryError::Store {
+                pid,
+                source: "disk on fire".into(),
+            }),
+            _ => Err(HistoryError::NotFound { pid }),
+        }
+    }
+}
+
+fn process(pid: u32, name: &str, cpu: f32, rss: u64) -> ProcessRow {
+    ProcessRow {
+        pid,
+        name: name.to_owned(),
+        user: Some("www-data".to_owned()),
+        container_id: pid.is_multiple_of(2).then(|| format!("c{pid}")),
+        cpu_percent: cpu,
+        rss_bytes: rss,
+        vms_bytes: rss * 4,
+        swap_bytes: pid.is_multiple_of(3).then_some(4096),
+        threads: 2,
+        open_fds: (!pid.is_multiple_of(5)).then_some(12),
+        exe: Some(format!("/usr/bin/{name}")),
+        cmdline: vec![name.to_owned(), "--flag".to_owned()],
+        start_time: "2026-11-03T09:00:00Z".to_owned(),
+    }
+}
+
+fn full_snapshot() -> Snapshot {
+    let mut scan = BucketHistogram::new(SCAN_DURATION_BUCKETS);
+    scan.observe(0.02);
+    scan.observe(0.3);
+    let mut rules = BucketHistogram::new(RULE_EVAL_BUCKETS);
+    rules.observe(0.0002);
+    let mut spikes = SpikeTracker::default();
+    let t0 = Instant::now();
+    spikes.observe(9, 1, 99.0, t0);
+    spikes.observe(9, 1, 10.0, t0 + Duration::from_secs(42));
+    Snapshot {
+        agent: AgentCounters {
+            records_stored: 1234,
+            batches_stored: 12,
+            scans_stored: 10,
+            store_errors: 1,
+            collector_restarts: 2,
+            collector_connected: true,
+            last_scan_at: Some(Instant::now()),
+            frames_rejected: vec![("crc", 3), ("oversized", 0)],
+            alerts: vec![("high", 4), ("critical", 1)],
+            deliveries: vec![
+                ("webhook".to_owned(), "delivered", 5),
+                ("webhook".to_owned(), "retried", 2),
+                ("syslog".to_owned(), "failed", 1),
+            ],
+            sink_states: vec![("webhook".to_owned(), "ok"), ("syslog".to_owned(), "open")],
+            rule_eval_seconds: rules,
+            scan_duration_seconds: scan,
+            wal_bytes: 4096,
+            store_bytes: 1 << 20,
+            missing_capabilities: vec!["CAP_SYS_PTRACE".to_owned()],
+            agent_cpu_seconds: 1.5,
+            agent_rss_bytes: 30 << 20,
+            collector_cpu_seconds: Some(0.25),
+            collector_rss_bytes: Some(8 << 20),
+        },
+        processes: Arc::new(vec![
+            process(1, "nginx", 5.0, 10 << 20),
+            process(2, "php-fpm", 20.0, 50 << 20),
+            process(3, "php-fpm-worker", 30.0, 40 << 20),
+            process(4, "php-fpm:pool www", 10.0, 30 << 20),
+            process(5, "php", 1.0, 5 << 20),
+            process(6, "Postgres", 0.5, 200 << 20),
+        ]),
+        cpu_spike_seconds: spikes.histogram().clone(),
+    }
+}
+
+async fn start(
+    state: Arc<FakeState>,
+    config: HttpConfig,
+) -> (SocketAddr, CancellationToken, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(serve(listener, state, config, token.clone()));
+    (addr, token, handle)
+}
+
+fn config() -> HttpConfig {
+    HttpConfig::new(Duration::from_secs(5))
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
+        serde_json::from_str(&self.body).unwrap()
+    }
+}
+
+async fn send(addr: SocketAddr, raw: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            (k.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Reply {
+    send(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
+async fn scrape(addr: SocketAddr) -> Reply {
+    send(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\nConnection: close\r\n\r\n",
+    )
+    .await
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+impl Sample {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A small exposition parser: `name{k="v",...} value`, with `\\`, `\"` and
+/// `\n` escapes in label values; comment lines are skipped.
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name_end = line.find(['{', ' ']).unwrap();
+        let name = line[..name_end].to_owned();
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if let Some(inner) = rest.strip_prefix('{') {
+            let mut chars = inner.char_indices();
+            loop {
+                let mut key = String::new();
+                let mut closed = false;
+                for (i, c) in chars.by_ref() {
+                    match c {
+                        '=' => break,
+                        '}' => {
+                            closed = true;
+                            rest = &inner[i + 1..];
+                            break;
+                        }
+                        ',' => {}
+                        c => key.push(c),
+                    }
+                }
+                if closed {
+                    break;
+                }
+                assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "{line}");
+                let mut value = String::new();
+                while let Some((_, c)) = chars.next() {
+                    match c {
+                        '\\' => match chars.next().unwrap().1 {
+                            'n' => value.push('\n'),
+                            c @ ('\\' | '"') => value.push(c),
+                            other => panic!("bad escape \\{other} in {line}"),
+                        },
+                        '"' => break,
+                        c => value.push(c),
+                    }
+                }
+                labels.push((key, value));
+            }
+        }
+        let value = rest.trim().split(' ').next().unwrap();
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap(),
+        };
+        samples.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    samples
+}
+
+fn find<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Option<&'a Sample> {
+    samples
+        .iter()
+        .find(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(v)))
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    find(samples, name, labels)
+        .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
+        .value
+}
+
+#[tokio::test]
+async fn metrics_in_openmetrics_have_every_family() {
+    let (addr, token, handle) = start(FakeState::new(full_snapshot()), config()).await;
+    let reply = scrape(addr).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(reply.body.ends_with("# EOF\n"), "{}", reply.body);
+    let s = parse_exposition(&reply.body);
+
+    assert_eq!(value(&s, "sentineld_scan_duration_seconds_count", &[]), 2.0);
+    assert_eq!(
+        value(
+            &s,
+            "sentineld_scan_duration_seconds_bucket",
+            &[("le", "0.025")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "sentineld_scan_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        2.0
+    );
+    assert_eq!(value(&s, "sentineld_processes", &[]), 6.0);
+    assert_eq!(value(&s, "sentineld_records_stored_total", &[]), 1234.0);
+    assert_eq!(value(&s, "sentineld_batches_stored_total", &[]), 12.0);
+    assert_eq!(value(&s, "sentineld_store_errors_total", &[]), 1.0);
+    assert_eq!(value(&s, "sentineld_collector_restarts_total", &[]), 2.0);
+    assert_eq!(
+        value(&s, "sentineld_frames_rejected_total", &[("reason", "crc")]),
+        3.0
+    );
+    assert_eq!(
+        value(&s, "sentineld_alerts_total", &[("severity", "critical")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "sentineld_alert_deliveries_total",
+            &[("sink", "webhook"), ("outcome", "retried")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "sentineld_sink_state",
+            &[("sink", "syslog"), ("state", "open")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "sentineld_missing_capability",
+            &[("capability", "CAP_SYS_PTRACE")]
+        ),
+        1.0
+    );
+    assert_eq!(value(&s, "sentineld_wal_bytes", &[]), 4096.0);
+    assert_eq!(value(&s, "sentineld_store_bytes", &[]), f64::from(1 << 20));
+    assert_eq!(value(&s, "sentineld_collector_connected", &[]), 1.0);
+    assert!(value(&s, "sentineld_last_scan_age_seconds", &[]) < 60.0);
+    assert_eq!(
+        value(&s, "sentineld_rule_eval_duration_seconds_count", &[]),
+        1.0
+    );
+    assert_eq!(value(&s, "sentineld_agent_cpu_seconds_total", &[]), 1.5);
+    assert_eq!(
+        value(&s, "sentineld_agent_resident_memory_bytes", &[]),
+        f64::from(30 << 20)
+    );
+    assert_eq!(
+        value(&s, "sentineld_collector_cpu_seconds_total", &[]),
+        0.25
+    );
+    assert_eq!(
+        value(&s, "sentineld_collector_resident_memory_bytes", &[]),
+        f64::from(8 << 20)
+    );
+    assert_eq!(
+        value(&s, "sentineld_process_cpu_spike_seconds_count", &[]),
+        1.0
+    );
+    assert_eq!(
+        value(&s, "sentineld_process_cpu_spike_seconds_sum", &[]),
+        42.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "sentineld_process_cpu_spike_seconds_bucket",
+            &[("le", "60.0")]
+        ),
+        1.0
+    );
+
+    let cpu = find(&s, "sentineld_process_cpu_percent", &[("pid", "2")]).unwrap();
+    assert_eq!(cpu.value, 20.0);
+    let keys: Vec<&str> = cpu.labels.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["name", "pid", "user", "container_id"]);
+    assert_eq!(cpu.label("name"), Some("php-fpm"));
+    assert_eq!(cpu.label("user"), Some("www-data"));
+    assert_eq!(cpu.label("container_id"), Some("c2"));
+    assert_eq!(
+        value(
+            &s,
+            "sentineld_process_memory_bytes",
+            &[("pid", "6"), ("kind", "rss")]
+        ),
+        f64::from(200 << 20)
+    );
+    assert_eq!(
+        value(
+            &s,
+            "sentineld_process_memory_bytes",
+            &[("pid", "6"), ("kind", "swap")]
+        ),
+        4096.0
+    );
+    assert!(
+        find(
+            &s,
+            "sentineld_process_memory_bytes",
+            &[("pid", "5"), ("kind", "swap")]
+        )
+        .is_none()
+    );
+    assert_eq!(value(&s, "sentineld_process_threads", &[("pid", "1")]), 2.0);
+    assert!(find(&s, "sentineld_process_open_fds", &[("pid", "5")]).is_none());
+    assert_eq!(
+        value(&s, "sentineld_process_open_fds", &[("pid", "4")]),
+        12.0
+    );
+
+    token.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_default_to_prometheus_text_and_head_has_no_body() {
+    let (addr, token, handle) = start(FakeState::new(full_snapshot()), config()).await;
+    let reply = get(addr, "/metrics").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(!reply.body.contains("# EOF"));
+    let s = parse_exposition(&reply.body);
+    assert_eq!(value(&s, "sentineld_records_stored_total", &[]), 1234.0);
+    assert_eq!(
+        value(
+            &s,
+            "sentineld_scan_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(&s, "sentineld_process_cpu_percent", &[("pid", "3")]),
+        30.0
+    );
+
+    let head = send(
+        addr,
+        b"HEAD /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    token.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn label_values_are_escaped() {
+    let nasty = "evil\"name\\with\nnewline";
+    let mut snapshot = full_snapshot();
+    snapshot.processes = Arc::new(vec![ProcessRow {
+        user: Some("we\"ird".to_owned()),
+        ..process(77, nasty, 99.0, 1)
+    }]);
+    let (addr, token, handle) = start(FakeState::new(snapshot), config()).await;
+    for reply in [scrape(addr).await, get(addr, "/metrics").await] {
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply.body.contains(r#"name="evil\"name\\with\nnewline""#),
+            "{}",
+            reply.body
+        );
+        let s = parse_exposition(&reply.body);
+        let cpu = find(&s, "sentineld_process_cpu_percent", &[("pid", "77")]).unwrap();
+        assert_eq!(cpu.label("name"), Some(nasty));
+        assert_eq!(cpu.label("user"), Some("we\"ird"));
+    }
+    token.cancel();
+    handle.await.unwrap();
+}
+
+fn process_pids(samples: &[Sample]) -> BTreeSet<u32> {
+    samples
+        .iter()
+        .filter(|s| s.name.starts_with("sentineld_process_") && !s.name.contains("spike"))
+        .map(|s| s.label("pid").unwrap().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn top_n_is_bounded_and_stale_series_disappear() {
+    let mut snapshot = full_snapshot();
+    // pid 1000+i: cpu grows with i, memory shrinks with i.
+    snapshot.processes = (0..200)
+        .map(|i| {
+            process(
+                1000 + i,
+                "worker",
+                i as f32 / 2.0,
+                u64::from(1000 - i) << 10,
+            )
+        })
+        .collect::<Vec<_>>()
+        .into();
+    let state = FakeState::new(snapshot.clone());
+    let mut cfg = config();
+    cfg.top_n = 3;
+    let (addr, token, handle) = start(Arc::clone(&state), cfg).await;
+
+    let first = process_pids(&parse_exposition(&scrape(addr).await.body));
+    let expected: BTreeSet<u32> = [1000, 1001, 1002, 1197, 1198, 1199].into();
+    assert_eq!(first, expected);
+
+    // pid 1199 drops to idle and small: it leaves both top sets.
+    let row = Arc::make_mut(&mut snapshot.processes)
+        .iter_mut()
+        .find(|r| r.pid == 1199)
+        .unwrap();
+    row.cpu_percent = 0.0;
+    row.rss_bytes = 1;
+    state.set(snapshot);
+    let second_body = scrape(addr).await.body;
+    let second = process_pids(&parse_exposition(&second_body));
+    assert!(
+        !second.contains(&1199),
+        "stale series of pid 1199 in {second_body}"
+    );
+    assert!(second.contains(&1196));
+    assert!(second.len() <= 6);
+    token.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn processes_endpoint_filters_by_name() {
+    let (addr, token, handle) = start(FakeState::new(full_snapshot()), config()).await;
+    let all = get(addr, "/api/processes").await;
+    assert_eq!(all.status, 200);
+    let all = all.json();
+    assert_eq!(all["count"], 6);
+    assert_eq!(all["processes"][0]["pid"], 1);
+    assert_eq!(all["processes"][0]["cmdline"][1], "--flag");
+    assert_eq!(all["processes"][0]["container_id"], serde_json::Value::Null);
+
+    let php = get(addr, "/api/processes?name=PHP-F").await.json();
+    assert_eq!(php["count"], 3);
+    let pids: Vec<u64> = php["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids, [2, 3, 4]);
+
+    let spaced = get(addr, "/api/processes?name=pool%20www").await.json();
+    assert_eq!(spaced["count"], 1);
+    let none = get(addr, "/api/processes?name=nothing-like-it")
+        .await
+        .json();
+    assert_eq!(none["count"], 0);
+
+    let bad = get(addr, "/api/processes?name=%zz").await;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("percent-encoding")
+    );
+    token.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn history_endpoint() {
+    let (addr, token, handle) = start(FakeState::new(full_snapshot()), config()).await;
+    let reply = get(addr, "/api/processes/1/history?limit=3").await;
+    assert_eq!(reply.status, 200);
+    let body = reply.json();
+    assert_eq!(body["pid"], 1);
+    assert_eq!(body["count"], 3);
+    assert_eq!(body["points"][2]["rss_bytes"], 1002);
+    assert_eq!(body["points"][0]["open_fds"], 7);
+
+    assert_eq!(
+        get(addr, "/api/processes/1/history").await.json()["count"],
+        100
+    );
+    let mut cfg = config();
+    cfg.max_history_limit = 10;
+    let (addr2, token2, handle2) = start(FakeState::new(full_snapshot()), cfg).await;
+    assert_eq!(
+        get(addr2, "/api/processes/1/history?limit=100000")
+            .await
+            .json()["count"],
+        10
+    );
+    token2.cancel();
+    handle2.await.unwrap();
+
+    let missing = get(addr, "/api/processes/424242/history").await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.json()["error"].as_str().unwrap().contains("424242"));
+
+    let failing = get(addr, "/api/processes/2/history").await;
+    assert_eq!(failing.status, 500);
+    assert!(failing.json()["error"].is_string());
+
+    for path in [
+        "/api/processes/abc/history",
+        "/api/processes/-1/history",
+        "/api/processes/99999999999/history",
+        "/api/processes//history",
+        "/api/processes/1/history?limit=0",
+        "/api/processes/1/history?limit=many",
+    ] {
+        let reply = get(addr, path).await;
+        assert_eq!(reply.status, 400, "{path}: {reply:?}");
+        assert!(reply.json()["error"].is_string());
+    }
+    for path in [
+        "/api/processes/1",
+        "/api/processes/1/history/x",
+        "/api/processes/1/2/history",
+    ] {
+        assert_eq!(get(addr, path).await.status, 404, "{path}");
+    }
+    token.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn groups_endpoint() {
+    let (addr, token, handle) = start(FakeState::new(full_snapshot()), config()).await;
+    let reply = get(addr, "/api/groups?base=php-fpm").await;
+    assert_eq!(reply.status, 200);
+    let g = reply.json();
+    assert_eq!(g["base"], "php-fpm");
+    assert_eq!(g["count"], 3);
+    assert_eq!(g["cpu_percent_total"], 60.0);
+    assert_eq!(g["cpu_percent_avg"], 20.0);
+    assert_eq!(g["rss_bytes_total"], 120 << 20);
+    assert_eq!(g["rss_bytes_avg"], 40 << 20);
+    assert_eq!(g["members"].as_array().unwrap().len(), 3);
+
+    let postgres = get(addr, "/api/groups?base=postgres").await.json();
+    assert_eq!(postgres["count"], 1);
+    let empty = get(addr, "/api/groups?base=nothing").await.json();
+    assert_eq!(empty["count"], 0);
+    assert_eq!(empty["cpu_percent_avg"], 0.0);
+
+    for path in ["/api/groups", "/api/groups?base="] {
+        let reply = get(addr, path).await;
+        assert_eq!(reply.status, 400, "{path}");
+        assert!(reply.json()["error"].as_str().unwrap().contains("base"));
+    }
+    token.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn healthz_is_200_only_when_connected_and_fresh() {
+    let snapshot = full_snapshot();
+    let state = FakeState::new(snapshot.clone());
+    let (addr, token, handle) = start(Arc::clone(&state), config()).await;
+    let ok = get(addr, "/healthz").await;
+    assert_eq!(ok.status, 200);
+    let body = ok.json();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["collector_connected"], true);
+    assert_eq!(body["wal_bytes"], 4096);
+    assert_eq!(body["store_bytes"], 1 << 20);
+    assert_eq!(body["scan_interval_seconds"], 5.0);
+    assert_eq!(body["sink_states"][1]["sink"], "syslog");
+    assert_eq!(body["sink_states"][1]["state"], "open");
+    assert_eq!(body["missing_capabilities"][0], "CAP_SYS_PTRACE");
+    assert!(body["last_scan_age_seconds"].as_f64().unwrap() < 15.0);
+
+    let mut disconnected = snapshot.clone();
+    disconnected.agent.collector_connected = false;
+    state.set(disconnected);
+    let reply = get(addr, "/healthz").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["problems"][0], "collector not connected");
+
+    let mut stale = snapshot.clone();
+    stale.agent.last_scan_at = Instant::now().checked_sub(Duration::from_secs(16));
+    if stale.agent.last_scan_at.is_some() {
+        state.set(stale);
+        let reply = get(addr, "/healthz").await;
+        assert_eq!(reply.status, 503);
+        assert!(
+            reply.json()["problems"][0]
+                .as_str()
+                .unwrap()
+                .contains("last scan")
+        );
+    }
+
+    let mut never = snapshot;
+    never.agent.last_scan_at = None;
+    state.set(never);
+    let reply = get(addr, "/healthz").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(
+        reply.json()["last_scan_age_seconds"],
+        serde_json::Value::Null
+    );
+    token.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors() {
+    let (addr, token, handle) = start(FakeState::new(full_snapshot()), config()).await;
+    for path in [
+        "/",
+        "/nope",
+        "/metrics/",
+        "/api",
+        "/api/processes/",
+        "/healthz/x",
+    ] {
+        let reply = get(addr, path).await;
+        assert_eq!(reply.status, 404, "{path}");
+        assert!(
+            reply.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("no such endpoint")
+        );
+    }
+    for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
+        let reply = send(
+            addr,
+            format!(
+                "{method} /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(reply.status, 405, "{method}");
+        assert_eq!(reply.header("allow"), Some("GET, HEAD"));
+        assert!(
+            reply.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("not allowed")
+        );
+    }
+    let reply = get(addr, &format!("/api/processes?name={}", "a".repeat(3000))).await;
+    assert_eq!(reply.status, 400);
+
+    // Not HTTP at all: hyper answers 400 and closes.
+    let reply = send(addr, b"HELLO\r\n\r\n").await;
+    assert_eq!(reply.status, 400);
+
+    // A request head over the limit: 431, and the server goes on.
+    let huge = format!(
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "x".repeat(64 * 1024)
+    );
+    let reply = send(addr, huge.as_bytes()).await;
+    assert_eq!(reply.status, 431);
+    assert_eq!(get(addr, "/healthz").await.status, 200);
+    token.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn keep_alive_serves_several_requests() {
+    let (addr, token, handle) = start(FakeState::new(full_snapshot()), config()).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /api/groups?base=nginx HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    token.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_client_times_out_and_frees_its_slot() {
+    let mut cfg = config();
+    cfg.max_connections = 1;
+    cfg.header_read_timeout = Duration::from_millis(300);
+    let (addr, token, handle) = start(FakeState::new(full_snapshot()), cfg).await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    // The only slot is taken; this request is served once the silent one
+    // has been timed out.
+    let reply = get(addr, "/healthz").await;
+    assert_eq!(reply.status, 200);
+    let mut buf = Vec::new();
+    // The server closed it: the read ends (with EOF or a reset).
+    let _closed = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    token.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_server() {
+    let (addr, token, handle) = start(FakeState::new(full_snapshot()), config()).await;
+    assert_eq!(get(addr, "/healthz").await.status, 200);
+    // An idle keep-alive connection must not hold shutdown up.
+    let _idle = {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0_u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        s
+    };
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+}

@@ -1,0 +1,203 @@
+//! What the HTTP endpoint serves, kept current by the agent's own work so a
+//! scrape never scans or queries heavily.
+//!
+//! The detection thread, which sees every committed batch and keeps the
+//! live processes, publishes the process table once per scan (an `Arc`
+//! swapped under a short lock), with the scan-duration, rule-evaluation and
+//! CPU-spike histograms. Counters are read from [`AgentStats`] and the
+//! sinks' dispatcher at scrape time. History is read from the store with
+//! a reader over the agent's own database handle.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::http::{
+    AgentCounters, BucketHistogram, HistoryError, HistoryPoint, ProcessRow, RULE_EVAL_BUCKETS,
+    SCAN_DURATION_BUCKETS, Snapshot, SpikeTracker, StateSource,
+};
+use crate::sinks::{BreakerState, Dispatcher};
+use crate::stats::{AgentStats, RejectReason};
+use crate::store::StoreReader;
+
+/// What the detection thread publishes.
+#[derive(Debug)]
+struct Published {
+    processes: Arc<Vec<ProcessRow>>,
+    last_scan_at: Option<Instant>,
+    scan_durations: BucketHistogram,
+    rule_eval: BucketHistogram,
+    spikes: SpikeTracker,
+}
+
+/// The agent's state for `/metrics`, `/healthz` and `/api/...`.
+#[derive(Debug)]
+pub struct AgentState {
+    stats: Arc<AgentStats>,
+    dispatcher: Dispatcher,
+    reader: StoreReader,
+    published: Mutex<Published>,
+}
+
+impl AgentState {
+    pub fn new(stats: Arc<AgentStats>, dispatcher: Dispatcher, reader: StoreReader) -> AgentState {
+        AgentState {
+            stats,
+            dispatcher,
+            reader,
+            published: Mutex::new(Published {
+                processes: Arc::new(Vec::new()),
+                last_scan_at: None,
+                scan_durations: BucketHistogram::new(SCAN_DURATION_BUCKETS),
+                rule_eval: BucketHistogram::new(RULE_EVAL_BUCKETS),
+                spikes: SpikeTracker::default(),
+            }),
+        }
+    }
+
+    fn published(&self) -> MutexGuard<'_, Published> {
+        // Every writer leaves the data consistent between statements: a
+        // panic elsewhere does not make it unusable.
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Publishes the live processes at the end of a scan: `rows` with each
+    /// one's start time (unix seconds, for the CPU-spike tracker).
+    pub(crate) fn publish_scan(&self, rows: Vec<(ProcessRow, i64)>, duration_us: u64) {
+        let now = Instant::now();
+        let mut p = self.published();
+        for (row, start) in &rows {
+            p.spikes.observe(
+                row.pid,
+                u64::try_from(*start).unwrap_or(0),
+                row.cpu_percent,
+                now,
+            );
+        }
+        p.spikes.finish_scan();
+        p.scan_durations.observe(duration_us as f64 / 1e6);
+        p.last_scan_at = Some(now);
+        p.processes = Arc::new(rows.into_iter().map(|(row, _)| row).collect());
+    }
+
+    /// Records how long one rule evaluation pass took.
+    pub(crate) fn observe_rule_eval(&self, seconds: f64) {
+        self.published().rule_eval.observe(seconds);
+    }
+}
+
+fn breaker_name(state: BreakerState) -> &'static str {
+    match state {
+        BreakerState::Closed => "closed",
+        BreakerState::Open => "open",
+        BreakerState::HalfOpen => "half_open",
+    }
+}
+
+/// This process's CPU seconds and resident bytes, from `/proc/self`.
+fn own_usage() -> (f64, u64) {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|t| *t > 0)
+        .map_or(100.0, |t| t as f64);
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // After the name: state is field 3, utime 14, stime 15.
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0);
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| u64::try_from(p).unwrap_or(4096));
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page);
+    (cpu, rss)
+}
+
+impl StateSource for AgentState {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.stats;
+        let sinks = self.dispatcher.stats();
+        let mut deliveries = Vec::with_capacity(sinks.sinks.len() * 4);
+        let mut sink_states = Vec::with_capacity(sinks.sinks.len());
+        for sink in &sinks.sinks {
+            deliveries.push((sink.sink.clone(), "delivered", sink.delivered));
+            deliveries.push((sink.sink.clone(), "failed", sink.failed));
+            deliveries.push((sink.sink.clone(), "retried", sink.retried));
+            deliveries.push((sink.sink.clone(), "dropped", sink.dropped));
+            sink_states.push((sink.sink.clone(), breaker_name(sink.breaker)));
+        }
+        let (agent_cpu_seconds, agent_rss_bytes) = own_usage();
+        let store_bytes = std::fs::metadata(self.reader.path()).map_or(0, |m| m.len());
+        let p = self.published();
+        Arc::new(Snapshot {
+            agent: AgentCounters {
+                records_stored: s.records_stored.load(Relaxed),
+                batches_stored: s.batches_stored.load(Relaxed),
+                scans_stored: s.scans_stored.load(Relaxed),
+                store_errors: s.store_errors.load(Relaxed),
+                collector_restarts: s.collector_restarts.load(Relaxed),
+                collector_connected: s.collector_connected.load(Relaxed),
+                last_scan_at: p.last_scan_at,
+                frames_rejected: RejectReason::ALL
+                    .iter()
+                    .map(|r| (r.as_str(), s.rejected(*r)))
+                    .collect(),
+                alerts: crate::sinks::Severity::ALL
+                    .iter()
+                    .map(|sev| (sev.as_str(), s.alerts(*sev)))
+                    .collect(),
+                deliveries,
+                sink_states,
+                rule_eval_seconds: p.rule_eval.clone(),
+                scan_duration_seconds: p.scan_durations.clone(),
+                // procmond does not report these to the agent yet.
+                wal_bytes: 0,
+                missing_capabilities: Vec::new(),
+                store_bytes,
+                agent_cpu_seconds,
+                agent_rss_bytes,
+                collector_cpu_seconds: None,
+                collector_rss_bytes: None,
+            },
+            processes: Arc::clone(&p.processes),
+            cpu_spike_seconds: p.spikes.histogram().clone(),
+        })
+    }
+
+    fn history(&self, pid: u32, limit: usize) -> Result<Vec<HistoryPoint>, HistoryError> {
+        let points = self
+            .reader
+            .history(pid, Some(limit))
+            .map_err(|e| HistoryError::Store {
+                pid,
+                source: Box::new(e),
+            })?;
+        if points.is_empty() {
+            return Err(HistoryError::NotFound { pid });
+        }
+        Ok(points
+            .into_iter()
+            .map(|p| HistoryPoint {
+                time: sentineld_common::time::rfc3339_millis(p.time_ms),
+                start_time: sentineld_common::time::rfc3339_secs(p.start_time),
+                cpu_percent: p.sample.cpu_percent,
+                rss_bytes: p.sample.rss_bytes,
+                vms_bytes: p.sample.vms_bytes,
+                threads: p.sample.threads,
+                open_fds: p.sample.open_fds,
+            })
+            .collect())
+    }
+}
