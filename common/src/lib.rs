@@ -2,6 +2,7 @@
 
 pub mod host;
 pub mod layout;
+pub mod ledger;
 pub mod logging;
 pub mod time;
 

@@ -4,6 +4,7 @@
 //! (generated from `proto/sentineld.proto`) and the frame codec that carries
 //! them on the collector socket and in procmond's write-ahead log.
 
+pub mod audit;
 pub mod codec;
 pub mod view;
 
