@@ -9,67 +9,12 @@
 
 mod common;
 
-use common::{cli, cli_json, eventually};
+use common::{Agent, cli, cli_json, eventually};
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-
-/// A running agent, stopped with SIGTERM (or killed) when dropped.
-struct Agent {
-    child: Child,
-}
-
-impl Agent {
-    fn start(state_dir: &Path) -> Agent {
-        let child = Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
-            .args(["--metrics-listen", "off"])
-            .arg("--state-dir")
-            .arg(state_dir)
-            .args(["--scan-interval", "200ms"])
-            // No rules from the host's config directory; alerts (stdout) unseen.
-            .arg("--rules-dir")
-            .arg(state_dir.join("no-rules"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start sentinelagent");
-        Agent { child }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        wait_timeout(&mut self.child, Duration::from_secs(20)).expect("agent exits after SIGTERM")
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
 
 fn children_of(ppid: u32) -> Vec<u32> {
     let mut out = Vec::new();
@@ -188,7 +133,7 @@ fn a_second_agent_on_the_same_state_dir_is_refused() {
         dir.path().join("sentineld.sock").exists().then_some(())
     });
     assert!(ready.is_some(), "the first agent creates its socket");
-    let out = Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
+    let out = common::agent_command()
         .args(["--metrics-listen", "off"])
         .arg("--state-dir")
         .arg(dir.path())

@@ -52,6 +52,31 @@ pub enum Command {
     /// Lists, validates or tests detection rules; needs no running agent.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Checks procmond's audit ledger and the stored scans against it, or
+    /// prints its head hash to keep elsewhere.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Checks the ledger's hash chain and that every stored scan matches
+    /// its ledger entry; exit code 0 only when all holds, 1 when something
+    /// does not (each problem is printed with its position).
+    Verify(LedgerArgs),
+    /// Prints the last entry's number, hash and time (anchor it elsewhere
+    /// to detect a rewritten chain later). Needs no store.
+    Head(LedgerArgs),
+}
+
+/// Which ledger `audit` reads.
+#[derive(Debug, Clone, Args)]
+pub struct LedgerArgs {
+    /// The ledger file, or the directory holding `ledger.log`. Default:
+    /// procmond's state directory under --state-dir (DIR/procmond).
+    #[arg(long, value_name = "PATH")]
+    pub ledger: Option<PathBuf>,
 }
 
 /// Arguments of `query`.
@@ -182,6 +207,12 @@ pub struct PsArgs {
     /// (rows in tree order) in JSON and CSV.
     #[arg(long)]
     pub tree: bool,
+
+    /// Add a PORTS column to the table: the TCP ports each process listens
+    /// on and the UDP ports it has bound (JSON and CSV always carry
+    /// `listening_ports`).
+    #[arg(long)]
+    pub ports: bool,
 }
 
 /// Arguments of `history`.

@@ -17,8 +17,8 @@ use sentineld_agent::store::{StoreError, StoreReader};
 use sentineld_common::layout::StateLayout;
 
 pub use crate::args::{
-    AlertsArgs, Cli, Command, Format, HistoryArgs, PsArgs, QueryArgs, RuleFileArgs, RuleSourceArgs,
-    RulesCommand, ScansArgs, Since,
+    AlertsArgs, AuditCommand, Cli, Command, Format, HistoryArgs, LedgerArgs, PsArgs, QueryArgs,
+    RuleFileArgs, RuleSourceArgs, RulesCommand, ScansArgs, Since,
 };
 
 /// Why a command could not finish.
@@ -34,6 +34,13 @@ pub enum CliError {
     /// A rule file is not valid; one line per problem.
     #[error("{0}")]
     Rules(String),
+    /// The audit ledger cannot be read; the message names the path.
+    #[error("{0}")]
+    Audit(String),
+    /// `audit verify` found the ledger or the store not intact; the
+    /// problems are in the output (exit code 1).
+    #[error("audit failed: {0}")]
+    AuditFailed(String),
     /// Writing the results failed (a closed pipe too, see [`is_broken_pipe`]).
     #[error("cannot write the output")]
     Output(#[from] io::Error),
@@ -72,6 +79,10 @@ pub fn execute(cli: &Cli, out: &mut dyn Write, diag: &mut dyn Write) -> Result<(
     if let Command::Rules(command) = &cli.command {
         return commands::rules::run(command, &path, cli.format, out);
     }
+    if let Command::Audit(AuditCommand::Head(args)) = &cli.command {
+        let ledger = commands::audit::ledger_path(cli.state_dir.as_deref(), args);
+        return commands::audit::head(&ledger, cli.format, out);
+    }
     let reader = StoreReader::open(&path)?;
     let mut ctx = Context {
         reader: &reader,
@@ -86,6 +97,13 @@ pub fn execute(cli: &Cli, out: &mut dyn Write, diag: &mut dyn Write) -> Result<(
         Command::Scans(args) => commands::scans::run(&mut ctx, args),
         Command::Query(args) => commands::query::run(&mut ctx, args),
         Command::Alerts(args) => commands::alerts::run(&mut ctx, args),
+        Command::Audit(command) => {
+            let ledger = commands::audit::ledger_path(
+                cli.state_dir.as_deref(),
+                commands::audit::ledger_of(command),
+            );
+            commands::audit::verify(&mut ctx, &ledger)
+        }
         Command::Rules(_) => unreachable!("handled before the store is opened"),
     }
 }

@@ -8,6 +8,10 @@ fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
         Err(e) if sentineld_cli::is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
+        Err(e) if matches!(e.downcast_ref(), Some(CliError::AuditFailed(_))) => {
+            let _ = writeln!(io::stderr(), "sentinelcli: {e}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             // stderr may be closed too; there is nowhere else to say it.
             let _ = writeln!(

@@ -91,6 +91,24 @@ pub struct ScanRow {
     pub exited: u32,
     pub snapshot: bool,
     pub boot_id: [u8; 16],
+    /// The collector's scan number in its session.
+    pub scan_seq: u64,
+    /// Chunks stored, and chunks the collector sent.
+    pub chunks: u32,
+    pub chunks_sent: u32,
+    /// Samples the collector's write-ahead log dropped from the scan.
+    pub samples_dropped: u32,
+    /// The audit ledger's scan digest over what the agent received; `None`
+    /// in rows stored before digests were kept.
+    pub digest: Option<[u8; 32]>,
+}
+
+impl ScanRow {
+    /// Whether the scan arrived as collected: every chunk, every sample.
+    /// Only then can its digest match the ledger's.
+    pub fn is_whole(&self) -> bool {
+        self.samples_dropped == 0 && self.chunks >= self.chunks_sent
+    }
 }
 
 /// The database a reader reads: its own read-only handle (the CLI), or the
@@ -291,6 +309,11 @@ impl StoreReader {
                 exited: row.exited,
                 snapshot: row.snapshot,
                 boot_id,
+                scan_seq: row.scan_seq,
+                chunks: row.chunks,
+                chunks_sent: row.chunks_sent,
+                samples_dropped: row.samples_dropped,
+                digest: <[u8; 32]>::try_from(row.digest.as_slice()).ok(),
             });
         }
         Ok(out)

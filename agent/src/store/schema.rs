@@ -45,8 +45,8 @@ pub(crate) const SCAN_KEYS: TableDefinition<ScanKey, u64> = TableDefinition::new
 
 /// One row of `scans`: what one complete scan carried.
 ///
-/// Tags 1-8 are the scan's identity and totals; new fields (the scan digest
-/// of the audit ledger will be tag 14) are only ever added.
+/// Tags 1-8 are the scan's identity and totals; new fields are only ever
+/// added.
 #[derive(Clone, PartialEq, Message)]
 pub(crate) struct ScanRecord {
     /// When the scan started, unix milliseconds (the batch's `time_ms`).
@@ -89,6 +89,19 @@ pub(crate) struct ScanRecord {
     /// The collector's own counters (last chunk's `stats`).
     #[prost(message, optional, tag = "13")]
     pub stats: Option<ScanStats>,
+    /// The audit ledger's scan digest over the chunks as received, 32
+    /// bytes (`docs/audit-ledger.md`); empty in rows from before it.
+    #[prost(bytes = "vec", tag = "14")]
+    pub digest: Vec<u8>,
+    /// Samples the collector's write-ahead log dropped from this scan's
+    /// chunks because it was full (then the digest cannot match the
+    /// ledger's).
+    #[prost(uint32, tag = "15")]
+    pub samples_dropped: u32,
+    /// Chunks the collector sent (the last chunk's number + 1); more than
+    /// `chunks` when some never arrived.
+    #[prost(uint32, tag = "16")]
+    pub chunks_sent: u32,
 }
 
 pub(crate) fn boot_key(boot_id: [u8; 16]) -> u128 {

@@ -37,6 +37,7 @@ fn sample(pid: u32, cpu: f32) -> Sample {
         threads: 2,
         open_fds: Some(9),
         status: "S".into(),
+        listening_ports: Vec::new(),
     }
 }
 
@@ -574,4 +575,52 @@ fn entries_without_an_instance_are_skipped() {
     let reader = StoreReader::open(&path).unwrap();
     assert_eq!(live_pids(&reader), [6]);
     assert_eq!(reader.scans(None).unwrap()[0].started, 1);
+}
+
+#[test]
+fn a_scan_row_carries_the_ledger_digest_of_what_arrived() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let mut store = Store::open(&path).unwrap();
+    let reader = StoreReader::open(&path).unwrap();
+
+    let mut chunk0 = snapshot(1, T0, &[1, 2, 3]);
+    chunk0.last_chunk = false;
+    let mut chunk1 = snapshot(1, T0, &[4, 5]);
+    chunk1.chunk = 1;
+    store.apply_batch(BOOT, &chunk0).unwrap();
+    store.apply_batch(BOOT, &chunk1).unwrap();
+    let row = reader.scans(Some(1)).unwrap().remove(0);
+    assert_eq!(
+        row.digest,
+        Some(sentineld_proto::audit::scan_digest(&[
+            chunk0,
+            chunk1.clone()
+        ]))
+    );
+    assert_eq!((row.scan_seq, row.chunks, row.chunks_sent), (1, 2, 2));
+    assert!(row.is_whole());
+
+    // A replay of the last chunk keeps the row stored first.
+    store.apply_batch(BOOT, &chunk1).unwrap();
+    assert_eq!(reader.scans(None).unwrap().len(), 1);
+
+    // A scan whose first chunk never arrived, and one the collector's WAL
+    // stripped of samples: stored, marked as not whole.
+    let mut late = scan(2, T0 + 1000);
+    late.chunk = 1;
+    store.apply_batch(BOOT, &late).unwrap();
+    let row = reader.scans(Some(1)).unwrap().remove(0);
+    assert_eq!((row.chunks, row.chunks_sent), (1, 2));
+    assert!(!row.is_whole());
+    let mut stripped = scan(3, T0 + 2000);
+    stripped.samples_dropped = 7;
+    store.apply_batch(BOOT, &stripped).unwrap();
+    let row = reader.scans(Some(1)).unwrap().remove(0);
+    assert_eq!(row.samples_dropped, 7);
+    assert!(!row.is_whole());
+    assert_eq!(
+        row.digest,
+        Some(sentineld_proto::audit::scan_digest(&[stripped]))
+    );
 }

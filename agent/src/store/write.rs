@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use prost::Message;
 use redb::{ConcurrencyMode, Database, ReadableTable, Table, TableHandle, WriteTransaction};
+use sentineld_proto::audit::ScanDigest;
 use sentineld_proto::v1::{Sample, ScanBatch};
 use tracing::{debug, warn};
 
@@ -64,6 +65,8 @@ struct Counts {
     exited: u32,
     samples: u32,
     skipped: u32,
+    /// Samples the collector's write-ahead log dropped from these chunks.
+    samples_dropped: u32,
 }
 
 impl Counts {
@@ -74,6 +77,7 @@ impl Counts {
         self.exited = self.exited.saturating_add(other.exited);
         self.samples = self.samples.saturating_add(other.samples);
         self.skipped = self.skipped.saturating_add(other.skipped);
+        self.samples_dropped = self.samples_dropped.saturating_add(other.samples_dropped);
     }
 }
 
@@ -91,6 +95,8 @@ struct PendingScan {
     /// `None` when the scan is not a snapshot, or one of its chunks is
     /// missing (then nothing is marked exited by absence).
     seen: Option<HashSet<InstanceKey>>,
+    /// The audit ledger's digest over the chunks received so far.
+    digest: ScanDigest,
 }
 
 impl PendingScan {
@@ -115,6 +121,7 @@ impl PendingScan {
             next_chunk: batch.chunk,
             counts: Counts::default(),
             seen,
+            digest: ScanDigest::new(),
         }
     }
 
@@ -322,7 +329,12 @@ impl Store {
         .map(|&n| n as u64)
         .sum();
 
-        match self.write(boot, batch, &pending) {
+        // The digest as procmond computed it for its audit ledger, over
+        // what arrived; stored with the scan for `sentinelcli audit verify`.
+        let mut digest = pending.digest.clone();
+        digest.update(batch);
+        let summary = batch.last_chunk.then(|| digest.clone().finish().digest);
+        match self.write(boot, batch, &pending, summary) {
             Ok(done) => {
                 if done.counts.skipped > 0 {
                     debug!(
@@ -335,6 +347,7 @@ impl Store {
                     self.next_scan_id = self.next_scan_id.max(id.saturating_add(1));
                 } else {
                     pending.counts.add(done.counts);
+                    pending.digest = digest;
                     pending.next_chunk = batch.chunk.saturating_add(1);
                     if let Some(seen) = &mut pending.seen {
                         if seen.len() + done.seen.len() > MAX_SNAPSHOT_KEYS {
@@ -370,12 +383,13 @@ impl Store {
         boot: u128,
         batch: &ScanBatch,
         pending: &PendingScan,
+        digest: Option<[u8; 32]>,
     ) -> Result<ChunkDone, StoreError> {
         let path = self.path.as_path();
         let txn = self.db.begin_write().in_store(path)?;
         let done = {
             let mut t = Tables::open(&txn).in_store(path)?;
-            self.write_tables(&mut t, boot, batch, pending)
+            self.write_tables(&mut t, boot, batch, pending, digest)
                 .in_store(path)?
         };
         txn.commit().in_store(path)?;
@@ -388,12 +402,14 @@ impl Store {
         boot: u128,
         batch: &ScanBatch,
         pending: &PendingScan,
+        digest: Option<[u8; 32]>,
     ) -> Result<ChunkDone, redb::StorageError> {
         let time_ms = batch.time_ms;
         let track = pending.seen.is_some();
         let mut seen = HashSet::new();
         let mut counts = Counts {
             chunks: 1,
+            samples_dropped: batch.samples_dropped,
             ..Counts::default()
         };
 
@@ -509,6 +525,9 @@ impl Store {
                         samples: total.samples,
                         skipped: total.skipped,
                         stats: batch.stats,
+                        digest: digest.map(Vec::from).unwrap_or_default(),
+                        samples_dropped: total.samples_dropped,
+                        chunks_sent: batch.chunk.saturating_add(1),
                     };
                     t.scans.insert(id, row.encode_to_vec().as_slice())?;
                     t.scan_keys.insert(scan_key, id)?;

@@ -2,6 +2,7 @@
 //! them in the chosen format.
 
 pub(crate) mod alerts;
+pub(crate) mod audit;
 pub(crate) mod history;
 pub(crate) mod ps;
 pub(crate) mod query;

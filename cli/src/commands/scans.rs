@@ -133,6 +133,11 @@ mod tests {
             exited: 1,
             snapshot: true,
             boot_id: [0; 16],
+            scan_seq: 4,
+            chunks: 1,
+            chunks_sent: 1,
+            samples_dropped: 0,
+            digest: None,
         }
     }
 
