@@ -54,6 +54,11 @@ fn snapshot() -> Snapshot {
                 swap_bytes: Some(r % 4096),
                 threads: (r % 64) as u32 + 1,
                 open_fds: Some((r % 1024) as u32),
+                listening_ports: if r.is_multiple_of(7) {
+                    vec![(r % 60_000) as u32 + 1024]
+                } else {
+                    Vec::new()
+                },
                 exe: Some("/usr/bin/something".to_owned()),
                 cmdline: vec!["something".to_owned(), "--flag".to_owned()],
                 start_time: "2026-11-03T09:00:00Z".to_owned(),

@@ -483,6 +483,7 @@ impl Detector {
                     swap_bytes: None,
                     threads: v.threads,
                     open_fds: v.open_fds,
+                    listening_ports: v.listening_ports,
                     exe: v.exe,
                     cmdline: v.cmdline,
                     start_time: v.start_time,

@@ -197,6 +197,7 @@ impl StateSource for AgentState {
                 vms_bytes: p.sample.vms_bytes,
                 threads: p.sample.threads,
                 open_fds: p.sample.open_fds,
+                listening_ports: p.sample.listening_ports,
             })
             .collect())
     }

@@ -129,7 +129,7 @@ fn rules_fire_once_reach_the_sinks_and_reload_without_restart() {
     .unwrap();
 
     let mut agent = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
+        common::agent_command()
             .args(["--metrics-listen", "off"])
             .arg("--state-dir")
             .arg(&state)
@@ -272,7 +272,7 @@ fn a_bad_rule_file_at_start_is_a_clear_error() {
         "rules:\n  - id: bad.one\n    title: t\n    description: d\n    severity: high\n    tags: []\n    sql: DELETE FROM processes\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
+    let out = common::agent_command()
         .args(["--metrics-listen", "off"])
         .arg("--state-dir")
         .arg(dir.path().join("state"))
@@ -289,7 +289,7 @@ fn a_bad_rule_file_at_start_is_a_clear_error() {
 #[test]
 fn a_bad_sink_spec_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
+    let out = common::agent_command()
         .args(["--metrics-listen", "off"])
         .arg("--state-dir")
         .arg(dir.path())
@@ -312,7 +312,7 @@ fn a_config_file_with_an_unknown_key_is_a_clear_error() {
         "[[sinks]]\nkind = \"stdout\"\n\n[colour]\nred = 1\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
+    let out = common::agent_command()
         .args(["--metrics-listen", "off"])
         .arg("--state-dir")
         .arg(dir.path().join("state"))

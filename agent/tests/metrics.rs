@@ -47,7 +47,7 @@ fn metrics_health_and_process_api_answer_while_the_agent_runs() {
         .local_addr()
         .unwrap();
     let _agent = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
+        common::agent_command()
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             .arg("--rules-dir")
@@ -114,7 +114,7 @@ fn metrics_health_and_process_api_answer_while_the_agent_runs() {
 #[test]
 fn a_remote_metrics_address_is_refused_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
+    let out = common::agent_command()
         .arg("--state-dir")
         .arg(dir.path())
         .args(["--metrics-listen", "0.0.0.0:9184"])

@@ -120,6 +120,7 @@ fn sample(pid: u32, scan: u32) -> Sample {
         threads: 1 + scan,
         open_fds: Some(10 + scan),
         status: "S".into(),
+        listening_ports: Vec::new(),
     }
 }
 
@@ -404,7 +405,8 @@ fn csv_has_a_header_and_quotes_commas_and_quotes() {
     assert_eq!(
         lines[0],
         "pid,ppid,name,exe,cmdline,start_time,uid,user,status,threads,rss_bytes,vms_bytes,\
-         cpu_percent,open_fds,sha256,hash_status,hash_error,exe_deleted,container_id"
+         cpu_percent,open_fds,sha256,hash_status,hash_error,exe_deleted,container_id,\
+         listening_ports"
     );
     assert_eq!(lines.len(), 2);
     assert!(
@@ -415,7 +417,7 @@ fn csv_has_a_header_and_quotes_commas_and_quotes() {
         lines[1]
     );
     assert!(
-        lines[1].ends_with(&format!(",{},ok,,false,", "cd".repeat(32))),
+        lines[1].ends_with(&format!(",{},ok,,false,,", "cd".repeat(32))),
         "{}",
         lines[1]
     );
@@ -429,7 +431,7 @@ fn csv_has_a_header_and_quotes_commas_and_quotes() {
         text.lines()
             .next()
             .expect("header")
-            .ends_with(",container_id,depth")
+            .ends_with(",container_id,listening_ports,depth")
     );
     assert!(text.lines().nth(1).expect("row").ends_with(",0"));
 }

@@ -724,6 +724,7 @@ mod tests {
                 vanished: 1,
                 unreadable: 0,
                 hash_pending: 2,
+                ..ScanStats::default()
             },
             started: (1..=5).map(record).collect(),
             exited: (20..=22).map(instance).collect(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sentineld_proto::v1::ProcessRecord;
 use sentineld_proto::view::ProcessView;
 
-use crate::collect::SysinfoCollector;
+use crate::collect::AnyCollector;
 use crate::error::Error;
 use crate::scanner::{ScanConfig, Scanner};
 
@@ -17,7 +17,7 @@ pub const ONCE_HASH_WAIT: Duration = Duration::from_secs(10);
 /// ([`ProcessView`]) per line, by pid. A closed output (broken pipe) ends
 /// the listing early and is not an error.
 pub fn run_once(config: &ScanConfig, out: &mut dyn Write) -> Result<(), Error> {
-    let mut scanner = Scanner::new(SysinfoCollector::new()?, config.clone())?;
+    let mut scanner = Scanner::new(AnyCollector::open(config.collector)?, config.clone())?;
     // Two refreshes some time apart, so CPU usage is measured; hashing
     // starts with the first.
     scanner.scan(false, Duration::ZERO);

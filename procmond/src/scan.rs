@@ -169,6 +169,7 @@ impl Scan {
             vanished: self.stats.vanished.saturating_add(newer.stats.vanished),
             unreadable: self.stats.unreadable.saturating_add(newer.stats.unreadable),
             hash_pending: newer.stats.hash_pending,
+            ..newer.stats
         };
     }
 }
@@ -239,6 +240,7 @@ mod tests {
                 vanished: 1,
                 unreadable: 2,
                 hash_pending: 3,
+                ..ScanStats::default()
             },
             started: started.iter().map(|&p| record(p)).collect(),
             exited: exited.iter().map(|&p| instance(p)).collect(),
@@ -356,7 +358,8 @@ mod tests {
             ScanStats {
                 vanished: 2,
                 unreadable: 4,
-                hash_pending: 0
+                hash_pending: 0,
+                ..ScanStats::default()
             }
         );
     }

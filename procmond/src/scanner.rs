@@ -14,6 +14,8 @@ use tracing::{debug, error};
 
 use crate::collect::{Collector, Observed, ScanCounters};
 use crate::diff::{InstanceKey, Tracker};
+use crate::enrich::Enricher;
+use crate::enrich::ports::PortStats;
 use crate::error::Error;
 use crate::hash::{self, Done, FileKey, HashOutcome, Hasher, Submit};
 use crate::scan::Scan;
@@ -34,6 +36,13 @@ pub struct ScanConfig {
     pub hash_cache_entries: usize,
     /// Hashing jobs queued or running at once.
     pub hash_queue: usize,
+    /// Bytes per second the hashing worker reads at most; 0 for no limit.
+    pub hash_rate: u64,
+    /// The collector [`run_daemon`](crate::run_daemon) and
+    /// [`run_once`](crate::run_once) open.
+    pub collector: crate::collect::CollectorKind,
+    /// Longest one scan spends finding listening ports; zero reads none.
+    pub port_budget: Duration,
 }
 
 impl Default for ScanConfig {
@@ -43,6 +52,9 @@ impl Default for ScanConfig {
             hash_wait: DEFAULT_HASH_WAIT,
             hash_cache_entries: hash::DEFAULT_CACHE_ENTRIES,
             hash_queue: hash::DEFAULT_QUEUE,
+            hash_rate: hash::DEFAULT_HASH_RATE,
+            collector: crate::collect::CollectorKind::Auto,
+            port_budget: crate::enrich::DEFAULT_PORT_BUDGET,
         }
     }
 }
@@ -68,12 +80,16 @@ pub struct Scanner<C> {
     collector: C,
     hasher: Hasher,
     users: UserNames,
+    enricher: Enricher,
     tracker: Tracker,
     config: ScanConfig,
     scan_seq: u64,
     observed: Vec<Observed>,
     pending: HashMap<InstanceKey, PendingHash>,
     waiting: HashMap<FileKey, Waiters>,
+    /// The processes whose ports a scan looks for, by pid.
+    port_targets: Vec<InstanceKey>,
+    port_pids: Vec<u32>,
 }
 
 impl<C: Collector> Scanner<C> {
@@ -83,17 +99,21 @@ impl<C: Collector> Scanner<C> {
             config.max_hash_size,
             config.hash_cache_entries,
             config.hash_queue,
+            config.hash_rate,
         )?;
         Ok(Scanner {
             collector,
             hasher,
             users: UserNames::new(),
+            enricher: Enricher::new(config.port_budget),
             tracker: Tracker::new(),
             config,
             scan_seq: 0,
             observed: Vec::new(),
             pending: HashMap::new(),
             waiting: HashMap::new(),
+            port_targets: Vec::new(),
+            port_pids: Vec::new(),
         })
     }
 
@@ -146,6 +166,7 @@ impl<C: Collector> Scanner<C> {
                 new_record(o, all, &*collector, hasher, users, &mut new_pending)
             })
         };
+        let ports = self.enrich(&observed);
         self.observed = observed;
 
         for key in &changes.exited {
@@ -183,6 +204,9 @@ impl<C: Collector> Scanner<C> {
                 vanished: counters.vanished,
                 unreadable: counters.unreadable,
                 hash_pending: u32::try_from(self.pending.len()).unwrap_or(u32::MAX),
+                ports_skipped: ports.skipped,
+                // Filled in when the scan is recorded.
+                ..ScanStats::default()
             },
             samples: if snapshot {
                 Vec::new()
@@ -206,10 +230,47 @@ impl<C: Collector> Scanner<C> {
             hash_pending = scan.stats.hash_pending,
             vanished = counters.vanished,
             unreadable = counters.unreadable,
+            ports_visited = ports.visited,
+            ports_skipped = ports.skipped,
             duration_us = scan.duration_us,
             "scan done"
         );
         scan
+    }
+
+    /// Sets the enrichment fields of every live instance's sample: open
+    /// descriptors, and listening ports within the time budget (those the
+    /// budget does not reach keep their last ports). Kernel threads have
+    /// neither.
+    fn enrich(&mut self, observed: &[Observed]) -> PortStats {
+        let Scanner {
+            enricher,
+            tracker,
+            port_targets,
+            port_pids,
+            ..
+        } = self;
+        port_targets.clear();
+        port_pids.clear();
+        for o in observed.iter().filter(|o| !o.kernel_thread) {
+            let key = InstanceKey::of(o);
+            if let Some(sample) = tracker.get_mut(&key).and_then(|r| r.sample.as_mut()) {
+                sample.open_fds = enricher.open_fds(o.pid);
+                port_targets.push(key);
+                port_pids.push(o.pid);
+            }
+        }
+        enricher.listening_ports(port_pids, |i, ports| {
+            if let Some(sample) = port_targets
+                .get(i)
+                .and_then(|key| tracker.get_mut(key))
+                .and_then(|r| r.sample.as_mut())
+                && sample.listening_ports != ports
+            {
+                sample.listening_ports.clear();
+                sample.listening_ports.extend_from_slice(ports);
+            }
+        })
     }
 
     /// Drops an exited instance from the hashing bookkeeping.
@@ -426,7 +487,11 @@ fn new_record<C: Collector>(
         uid: identity.uid,
         user: identity.uid.and_then(|u| users.name(u)).unwrap_or_default(),
         exe_info: Some(exe_info),
-        container_id: String::new(),
+        container_id: if o.kernel_thread {
+            String::new()
+        } else {
+            crate::enrich::cgroup::read_container_id(o.pid).unwrap_or_default()
+        },
         parent_start_time,
         sample: None,
     }

@@ -30,6 +30,8 @@ pub struct ProcessView {
     pub hash_error: Option<String>,
     pub exe_deleted: bool,
     pub container_id: Option<String>,
+    /// Ports it listens on (TCP) or has bound unconnected (UDP), sorted.
+    pub listening_ports: Vec<u32>,
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -88,6 +90,7 @@ impl ProcessView {
             hash_error: non_empty(&exe.hash_error),
             exe_deleted: exe.deleted,
             container_id: non_empty(&record.container_id),
+            listening_ports: sample.listening_ports,
         }
     }
 }

@@ -154,6 +154,9 @@ pub struct ProcessRow {
     pub threads: u32,
     /// Open file descriptors; `None` when procmond may not read them.
     pub open_fds: Option<u32>,
+    /// Local ports of its listening TCP sockets and bound, unconnected UDP
+    /// sockets (IPv4 and IPv6), sorted; empty when none are known.
+    pub listening_ports: Vec<u32>,
     /// Executable path; `None` when unreadable.
     pub exe: Option<String>,
     /// Command line, one element per argument.
@@ -180,6 +183,8 @@ pub struct HistoryPoint {
     pub threads: u32,
     /// Open file descriptors; `None` when unknown.
     pub open_fds: Option<u32>,
+    /// Listening ports, as in [`ProcessRow::listening_ports`].
+    pub listening_ports: Vec<u32>,
 }
 
 /// Suggested bucket bounds for scan durations, in seconds.

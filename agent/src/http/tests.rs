@@ -51,6 +51,7 @@ impl StateSource for FakeState {
                     vms_bytes: 2000,
                     threads: 3,
                     open_fds: Some(7),
+                    listening_ports: vec![8080],
                 })
                 .take(limit)
                 .collect()),
@@ -75,6 +76,7 @@ fn process(pid: u32, name: &str, cpu: f32, rss: u64) -> ProcessRow {
         swap_bytes: pid.is_multiple_of(3).then_some(4096),
         threads: 2,
         open_fds: (!pid.is_multiple_of(5)).then_some(12),
+        listening_ports: if pid == 1 { vec![80, 443] } else { Vec::new() },
         exe: Some(format!("/usr/bin/{name}")),
         cmdline: vec![name.to_owned(), "--flag".to_owned()],
         start_time: "2026-11-03T09:00:00Z".to_owned(),
@@ -577,6 +579,15 @@ async fn processes_endpoint_filters_by_name() {
     assert_eq!(all["processes"][0]["pid"], 1);
     assert_eq!(all["processes"][0]["cmdline"][1], "--flag");
     assert_eq!(all["processes"][0]["container_id"], serde_json::Value::Null);
+    assert_eq!(
+        all["processes"][0]["listening_ports"],
+        serde_json::json!([80, 443])
+    );
+    assert_eq!(all["processes"][1]["container_id"], "c2");
+    assert_eq!(
+        all["processes"][1]["listening_ports"],
+        serde_json::json!([])
+    );
 
     let php = get(addr, "/api/processes?name=PHP-F").await.json();
     assert_eq!(php["count"], 3);
@@ -617,6 +628,10 @@ async fn history_endpoint() {
     assert_eq!(body["count"], 3);
     assert_eq!(body["points"][2]["rss_bytes"], 1002);
     assert_eq!(body["points"][0]["open_fds"], 7);
+    assert_eq!(
+        body["points"][0]["listening_ports"],
+        serde_json::json!([8080])
+    );
 
     assert_eq!(
         get(addr, "/api/processes/1/history").await.json()["count"],
@@ -863,4 +878,240 @@ async fn shutdown_stops_the_server() {
         .unwrap()
         .unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+}
+
+/// The Grafana dashboard shipped in `packaging/grafana/`.
+const DASHBOARD: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../packaging/grafana/sentineld.json"
+));
+
+/// Names of PromQL aggregation operators, which may be followed by a
+/// `by (...)` clause before their parenthesis.
+const AGGREGATIONS: &[&str] = &[
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
+];
+
+/// The metric names a PromQL expression selects: identifiers outside label
+/// matchers, label lists, strings, ranges and `$variables` that are neither
+/// keywords nor functions.
+fn promql_metric_names(expr: &str) -> Vec<String> {
+    let b = expr.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b':';
+    let mut names = Vec::new();
+    let mut braces = 0_usize;
+    let mut label_list = false;
+    let mut grouping = false;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'"' | b'\'' | b'`' => {
+                i += 1;
+                while i < b.len() && b[i] != c {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' => braces += 1,
+            b'}' => braces = braces.saturating_sub(1),
+            b'[' => {
+                while i < b.len() && b[i] != b']' {
+                    i += 1;
+                }
+            }
+            b'(' if grouping => {
+                label_list = true;
+                grouping = false;
+            }
+            b')' => label_list = false,
+            b'$' => {
+                i += 1;
+                while i < b.len() && ident(b[i]) {
+                    i += 1;
+                }
+                continue;
+            }
+            b'0'..=b'9' | b'.' => {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
+                    i += 1;
+                }
+                continue;
+            }
+            c if ident(c) => {
+                let start = i;
+                while i < b.len() && ident(b[i]) {
+                    i += 1;
+                }
+                let word = &expr[start..i];
+                let next = expr[i..].trim_start().as_bytes().first().copied();
+                if braces > 0 || label_list {
+                    // A label name.
+                } else if matches!(
+                    word,
+                    "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
+                ) {
+                    grouping = true;
+                } else if matches!(word, "and" | "or" | "unless" | "bool" | "offset")
+                    || AGGREGATIONS.contains(&word)
+                    || next == Some(b'(')
+                {
+                    // A keyword, an aggregation or a function.
+                } else {
+                    names.push(word.to_owned());
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    names
+}
+
+#[test]
+fn promql_names_are_found() {
+    let names = |e: &str| promql_metric_names(e);
+    assert_eq!(
+        names(
+            r#"histogram_quantile(0.99, sum by (le) (rate(a_bucket{instance=~"$instance", x="y{z}"}[$__rate_interval])))"#
+        ),
+        ["a_bucket"]
+    );
+    assert_eq!(
+        names("topk($topn, sum by (container_id) (b{c!=\"\"})) / on (instance) group_left(name) c"),
+        ["b", "c"]
+    );
+    assert_eq!(names("rate(d_total[5m]) * 100 > bool 1e3"), ["d_total"]);
+    assert_eq!(
+        names("sum without (pid) (e) or max(f offset 1h)"),
+        ["e", "f"]
+    );
+}
+
+/// Every PromQL expression of the dashboard: panel targets (rows
+/// included) and query variables (`label_values(METRIC, label)`).
+fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<String> {
+    fn panels(list: &serde_json::Value, out: &mut Vec<String>) {
+        for panel in list.as_array().into_iter().flatten() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                out.push(target["expr"].as_str().unwrap().to_owned());
+            }
+            panels(&panel["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    panels(&dashboard["panels"], &mut out);
+    for var in dashboard["templating"]["list"].as_array().unwrap() {
+        if var["type"] != "query" {
+            continue;
+        }
+        let query = var["query"]["query"]
+            .as_str()
+            .or_else(|| var["query"].as_str())
+            .unwrap();
+        // label_values(METRIC, LABEL): the metric is the selector before the
+        // last comma.
+        let inner = query
+            .strip_prefix("label_values(")
+            .and_then(|q| q.strip_suffix(')'))
+            .unwrap();
+        let selector = inner.rsplit_once(',').map_or(inner, |(s, _)| s);
+        out.push(selector.to_owned());
+    }
+    out
+}
+
+#[tokio::test]
+async fn dashboard_queries_only_exported_metrics() {
+    let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD).unwrap();
+
+    // What the agent exports: a real scrape of a snapshot in which every
+    // optional family is present, in both formats.
+    let (addr, token, handle) = start(FakeState::new(full_snapshot()), config()).await;
+    let mut exported = BTreeSet::new();
+    for body in [get(addr, "/metrics").await.body, scrape(addr).await.body] {
+        exported.extend(parse_exposition(&body).into_iter().map(|s| s.name));
+    }
+    token.cancel();
+    handle.await.unwrap();
+
+    let queries = dashboard_queries(&dashboard);
+    assert!(queries.len() >= 20, "{queries:?}");
+    let mut used = BTreeSet::new();
+    for q in &queries {
+        let names = promql_metric_names(q);
+        assert!(!names.is_empty(), "no metric in {q}");
+        used.extend(names);
+    }
+    let unknown: Vec<&String> = used.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries metrics the agent does not export: {unknown:?}\nexported: {exported:?}"
+    );
+    // The panels the dashboard is for.
+    for needed in [
+        "sentineld_scan_duration_seconds_bucket",
+        "sentineld_processes",
+        "sentineld_process_cpu_percent",
+        "sentineld_process_memory_bytes",
+        "sentineld_process_cpu_spike_seconds_bucket",
+        "sentineld_alerts_total",
+        "sentineld_alert_deliveries_total",
+        "sentineld_sink_state",
+    ] {
+        assert!(used.contains(needed), "no panel uses {needed}");
+    }
+}
+
+#[test]
+fn dashboard_is_importable() {
+    let d: serde_json::Value = serde_json::from_str(DASHBOARD).unwrap();
+    assert_eq!(d["__inputs"][0]["name"], "DS_PROMETHEUS");
+    assert_eq!(d["__inputs"][0]["pluginId"], "prometheus");
+    assert!(
+        d["uid"]
+            .as_str()
+            .is_some_and(|u| !u.is_empty() && u.len() <= 40)
+    );
+    assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(d["schemaVersion"].as_u64().is_some());
+    assert!(
+        d["id"].is_null(),
+        "an exported dashboard has no database id"
+    );
+    let mut ids = BTreeSet::new();
+    for panel in d["panels"].as_array().unwrap() {
+        let id = panel["id"].as_u64().unwrap();
+        assert!(ids.insert(id), "panel id {id} used twice");
+        let grid = &panel["gridPos"];
+        let (x, w) = (grid["x"].as_u64().unwrap(), grid["w"].as_u64().unwrap());
+        assert!(x + w <= 24, "panel {id} is wider than the grid");
+        assert!(grid["h"].as_u64().unwrap() > 0);
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert!(panel["title"].as_str().is_some_and(|t| !t.is_empty()));
+        let mut refs = BTreeSet::new();
+        for target in panel["targets"].as_array().unwrap() {
+            assert_eq!(
+                target["datasource"]["uid"], "${DS_PROMETHEUS}",
+                "panel {id}"
+            );
+            assert!(refs.insert(target["refId"].as_str().unwrap().to_owned()));
+        }
+        assert!(!refs.is_empty(), "panel {id} has no query");
+    }
 }

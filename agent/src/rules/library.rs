@@ -25,6 +25,7 @@ const SAMPLE_COLUMNS: &[Column] = &[
     Column::Threads,
     Column::OpenFds,
     Column::Status,
+    Column::ListeningPorts,
 ];
 
 /// The sources of the rule set and the last good version of each file.

@@ -57,7 +57,8 @@ pub struct Record {
     pub exe_deleted: bool,
     /// Container id, when the process runs in a container.
     pub container_id: Option<String>,
-    /// TCP/UDP ports the process listens on.
+    /// Local ports of the TCP sockets the process listens on and of its
+    /// bound, unconnected UDP sockets (IPv4 and IPv6), sorted, each once.
     pub listening_ports: Vec<u16>,
     /// Parent's `comm` name.
     pub parent_name: Option<String>,
@@ -84,8 +85,8 @@ pub struct DerivedCache {
 
 impl Record {
     /// Builds a record from the user-facing view of a process and, when
-    /// known, of its parent. `listening_ports`, `hash_changed` and
-    /// `hash_denied` are left empty/false for the caller to fill in.
+    /// known, of its parent. `hash_changed` and `hash_denied` are left
+    /// false for the caller to fill in.
     pub fn from_view(view: &ProcessView, parent: Option<&ProcessView>) -> Record {
         Record {
             pid: view.pid,
@@ -106,7 +107,11 @@ impl Record {
             hash_status: view.hash_status.to_owned(),
             exe_deleted: view.exe_deleted,
             container_id: view.container_id.clone(),
-            listening_ports: Vec::new(),
+            listening_ports: view
+                .listening_ports
+                .iter()
+                .filter_map(|&p| u16::try_from(p).ok())
+                .collect(),
             parent_name: parent.map(|p| p.name.clone()),
             parent_exe: parent.and_then(|p| p.exe.clone()),
             parent_user: parent.and_then(|p| p.user.clone()),
@@ -428,7 +433,8 @@ mod tests {
             hash_status: "pending",
             hash_error: None,
             exe_deleted: false,
-            container_id: None,
+            container_id: Some("c0ffee".into()),
+            listening_ports: vec![22, 70_000, 8080],
         };
         let mut parent = view.clone();
         parent.name = "nginx".into();
@@ -438,6 +444,8 @@ mod tests {
         assert_eq!(r.parent_name.as_deref(), Some("nginx"));
         assert_eq!(r.parent_cmdline.as_deref(), Some("nginx: worker"));
         assert_eq!(r.hash_status, "pending");
+        assert_eq!(r.container_id.as_deref(), Some("c0ffee"));
+        assert_eq!(r.listening_ports, vec![22, 8080], "not a port: dropped");
         let orphan = Record::from_view(&view, None);
         assert_eq!(orphan.parent_name, None);
     }

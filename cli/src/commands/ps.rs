@@ -31,6 +31,7 @@ pub(crate) const FIELDS: &[&str] = &[
     "hash_error",
     "exe_deleted",
     "container_id",
+    "listening_ports",
 ];
 
 /// The extra column of `--tree`.
@@ -44,6 +45,19 @@ const COLUMNS: &[Column] = &[
     Column::right("RSS"),
     Column::right("THREADS"),
     Column::left("SHA256"),
+    Column::left("COMMAND"),
+];
+
+/// The table's columns with `--ports`.
+const COLUMNS_WITH_PORTS: &[Column] = &[
+    Column::right("PID"),
+    Column::right("PPID"),
+    Column::left("USER"),
+    Column::right("CPU%"),
+    Column::right("RSS"),
+    Column::right("THREADS"),
+    Column::left("SHA256"),
+    Column::left("PORTS"),
     Column::left("COMMAND"),
 ];
 
@@ -187,8 +201,13 @@ pub(crate) fn run(ctx: &mut Context<'_>, args: &PsArgs) -> Result<(), CliError> 
         }
         Format::Table if rows.is_empty() => {}
         Format::Table => {
-            let cells: Vec<Vec<String>> = rows.iter().map(table_row).collect();
-            output::write_table(ctx.out, COLUMNS, &cells)?;
+            let cells: Vec<Vec<String>> = rows.iter().map(|r| table_row(r, args.ports)).collect();
+            let columns = if args.ports {
+                COLUMNS_WITH_PORTS
+            } else {
+                COLUMNS
+            };
+            output::write_table(ctx.out, columns, &cells)?;
         }
     }
     Ok(())
@@ -216,6 +235,7 @@ fn csv_row(row: &Row) -> Vec<String> {
         csv_opt(v.hash_error.as_deref()),
         v.exe_deleted.to_string(),
         csv_opt(v.container_id.as_deref()),
+        join_ports(&v.listening_ports, " "),
     ];
     if let Some(depth) = row.depth {
         fields.push(depth.to_string());
@@ -223,7 +243,18 @@ fn csv_row(row: &Row) -> Vec<String> {
     fields
 }
 
-fn table_row(row: &Row) -> Vec<String> {
+/// Ports joined by `sep`; empty when there are none.
+fn join_ports(ports: &[u32], sep: &str) -> String {
+    ports
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// The table cells of a row; with `ports`, the PORTS cell before COMMAND
+/// (comma-separated, `-` when none).
+fn table_row(row: &Row, ports: bool) -> Vec<String> {
     let v = &row.view;
     let user = match (&v.user, v.uid) {
         (Some(user), _) => user.clone(),
@@ -244,7 +275,7 @@ fn table_row(row: &Row) -> Vec<String> {
         Some(depth) if depth > 0 => format!("{}\\_ {command}", "   ".repeat(depth - 1)),
         _ => command,
     };
-    vec![
+    let mut cells = vec![
         v.pid.to_string(),
         v.ppid.to_string(),
         user,
@@ -252,8 +283,16 @@ fn table_row(row: &Row) -> Vec<String> {
         output::human_bytes(v.rss_bytes),
         v.threads.to_string(),
         sha256,
-        command,
-    ]
+    ];
+    if ports {
+        cells.push(if v.listening_ports.is_empty() {
+            "-".to_owned()
+        } else {
+            join_ports(&v.listening_ports, ",")
+        });
+    }
+    cells.push(command);
+    cells
 }
 
 #[cfg(test)]
@@ -410,7 +449,7 @@ mod tests {
             view: view(10, "a", "/bin/a", "", 1000, Some([0x01; 32])),
             depth: Some(2),
         };
-        let cells = table_row(&row);
+        let cells = table_row(&row, false);
         assert_eq!(cells[2], "1000");
         assert_eq!(cells[4], "2.0K");
         assert_eq!(cells[6], "010101010101");
@@ -418,11 +457,43 @@ mod tests {
 
         let mut kernel = view(2, "kthreadd", "", "root", 0, None);
         kernel.cmdline.clear();
-        let cells = table_row(&Row {
-            view: kernel,
-            depth: None,
-        });
+        let cells = table_row(
+            &Row {
+                view: kernel,
+                depth: None,
+            },
+            false,
+        );
         assert_eq!(cells[6], "-");
         assert_eq!(cells[7], "[kthreadd]");
+    }
+
+    #[test]
+    fn ports_column_and_field() {
+        let mut v = view(10, "nginx", "/usr/sbin/nginx", "root", 0, None);
+        v.listening_ports = vec![80, 443, 8443];
+        let row = Row {
+            view: v,
+            depth: None,
+        };
+        let cells = table_row(&row, true);
+        assert_eq!(cells.len(), COLUMNS_WITH_PORTS.len());
+        assert_eq!(COLUMNS_WITH_PORTS[7].header, "PORTS");
+        assert_eq!(cells[7], "80,443,8443");
+        assert_eq!(cells[8], "/usr/sbin/nginx --flag");
+        assert_eq!(table_row(&row, false).len(), COLUMNS.len());
+        assert_eq!(
+            csv_row(&row).last().map(String::as_str),
+            Some("80 443 8443")
+        );
+        let json = serde_json::to_value(&row).expect("serializes");
+        assert_eq!(json["listening_ports"], serde_json::json!([80, 443, 8443]));
+
+        let quiet = Row {
+            view: view(11, "sleep", "/bin/sleep", "root", 0, None),
+            depth: None,
+        };
+        assert_eq!(table_row(&quiet, true)[7], "-");
+        assert_eq!(csv_row(&quiet).last().map(String::as_str), Some(""));
     }
 }

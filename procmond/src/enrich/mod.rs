@@ -1,0 +1,105 @@
+//! Enrichment: what procmond adds to the process table, each part bounded
+//! in cost.
+//!
+//! | what | when | cost |
+//! |---|---|---|
+//! | container id ([`cgroup`]) | once per instance | one read of `/proc/PID/cgroup`, at most [`cgroup::MAX_CGROUP_BYTES`] |
+//! | open file descriptors ([`fds`]) | every scan, every process | one `stat` of `/proc/PID/fd` (Linux 6.2+), else one directory listing |
+//! | listening ports ([`ports`]) | every scan, within a time budget | the socket tables once per scan and network namespace, then one `readlink` per descriptor |
+//!
+//! User names come from the cached passwd lookup in `users.rs`.
+//!
+//! Nothing here fails a scan: a file that is missing, unreadable or
+//! malformed gives no value (`None`, no container, no ports), never an
+//! error or a panic.
+
+pub mod cgroup;
+pub mod fds;
+pub mod ports;
+
+use std::io::{self, Read as _};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::enrich::fds::FdCounter;
+use crate::enrich::ports::{PortMapper, PortStats};
+
+/// Where the kernel's process files are.
+pub const PROC: &str = "/proc";
+
+/// Default time one scan may spend finding listening ports.
+pub const DEFAULT_PORT_BUDGET: Duration = Duration::from_millis(50);
+
+/// The per-scan enrichment of processes, with its buffers.
+#[derive(Debug)]
+pub struct Enricher {
+    fds: FdCounter,
+    ports: PortMapper,
+    port_budget: Duration,
+}
+
+impl Enricher {
+    /// An enricher of the processes under `/proc` that spends at most
+    /// `port_budget` per scan on listening ports (zero: none are read).
+    pub fn new(port_budget: Duration) -> Enricher {
+        Enricher {
+            fds: FdCounter::detect(),
+            ports: PortMapper::new(),
+            port_budget,
+        }
+    }
+
+    /// Open descriptors of `pid`, when readable.
+    pub fn open_fds(&self, pid: u32) -> Option<u32> {
+        self.fds.count(pid)
+    }
+
+    /// Finds the listening ports of `pids` (sorted; no kernel threads)
+    /// within the time budget: `found(i, ports)` for each `pids[i]` reached.
+    pub fn listening_ports(&mut self, pids: &[u32], found: impl FnMut(usize, &[u32])) -> PortStats {
+        if self.port_budget.is_zero() {
+            return PortStats::default();
+        }
+        self.ports
+            .map(pids, Instant::now() + self.port_budget, found)
+    }
+}
+
+/// Reads at most `max` bytes of `path` into `buf` (cleared first). When the
+/// file is longer, the partial last line is dropped, so a cut never leaves
+/// half a line that could parse as something else.
+pub(crate) fn read_whole_lines(path: &Path, max: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    let file = std::fs::File::open(path)?;
+    let limit = u64::try_from(max).unwrap_or(u64::MAX);
+    file.take(limit).read_to_end(buf)?;
+    if buf.len() >= max {
+        let keep = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        buf.truncate(keep);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_lines_only_when_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut buf = Vec::new();
+
+        std::fs::write(&path, "ab\ncd\nef").unwrap();
+        read_whole_lines(&path, 100, &mut buf).unwrap();
+        assert_eq!(buf, b"ab\ncd\nef", "a short file is read whole");
+        read_whole_lines(&path, 7, &mut buf).unwrap();
+        assert_eq!(buf, b"ab\ncd\n", "a cut drops the partial line");
+        read_whole_lines(&path, 6, &mut buf).unwrap();
+        assert_eq!(buf, b"ab\ncd\n", "a cut right after a newline keeps it");
+        read_whole_lines(&path, 2, &mut buf).unwrap();
+        assert!(buf.is_empty(), "no whole line fits");
+        assert!(read_whole_lines(&dir.path().join("missing"), 10, &mut buf).is_err());
+    }
+}
