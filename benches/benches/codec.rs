@@ -21,6 +21,7 @@ fn sample(pid: u32) -> Sample {
         threads: 4,
         open_fds: Some(17),
         status: "S".into(),
+        listening_ports: Vec::new(),
     }
 }
 

@@ -36,6 +36,7 @@ fn sample(pid: u32, tick: u64) -> Sample {
         threads: 8,
         open_fds: Some(42),
         status: "S".into(),
+        listening_ports: Vec::new(),
     }
 }
 

@@ -4,8 +4,10 @@
 //! every live process as an [`Observed`] (the cheap, per-scan fields). The
 //! fields that are read once per instance (name, exe, argv, uid) are asked
 //! for separately with [`Collector::identity`], only for instances the scan
-//! has not seen before. [`SysinfoCollector`] is the portable collector; a
-//! Linux `/proc` fast path can be added beside it behind the same trait.
+//! has not seen before. [`SysinfoCollector`] is the portable collector and
+//! the fallback; on Linux, [`ProcfsCollector`] reads `/proc` directly and,
+//! for the instances it knows, only `/proc/PID/stat`.
+//! [`AnyCollector::open`] picks one ([`CollectorKind`], `--collector`).
 
 use std::path::PathBuf;
 
@@ -14,6 +16,11 @@ use sysinfo::{
 };
 
 use crate::error::Error;
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+pub use linux::ProcfsCollector;
 
 /// Longest command line kept for a record, in bytes (all arguments
 /// together). Anything past it is cut, so one process cannot make a record
@@ -69,6 +76,97 @@ pub trait Collector {
     /// The once-per-instance fields of `pid` as of the last
     /// [`collect`](Collector::collect); `None` when it was not in it.
     fn identity(&self, pid: u32) -> Option<Identity>;
+
+    /// Pids of known instances that exec'd (another program, same pid and
+    /// start time) as the last [`collect`](Collector::collect) saw; their
+    /// [`identity`](Collector::identity) is the new program's. Empty for a
+    /// collector that does not detect it.
+    fn exec_changes(&self) -> &[u32] {
+        &[]
+    }
+}
+
+/// Which collector procmond uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CollectorKind {
+    /// `procfs` on Linux, `sysinfo` elsewhere (and where `/proc` cannot be
+    /// opened).
+    #[default]
+    Auto,
+    /// The Linux fast path: `/proc` read directly, the full read only for
+    /// new instances and after an exec.
+    Procfs,
+    /// The portable collector.
+    Sysinfo,
+}
+
+/// The collector chosen at run time.
+#[derive(Debug)]
+pub enum AnyCollector {
+    Sysinfo(SysinfoCollector),
+    #[cfg(target_os = "linux")]
+    Procfs(ProcfsCollector),
+}
+
+impl AnyCollector {
+    /// Opens the collector `kind` asks for. `Auto` falls back to `sysinfo`
+    /// when `/proc` cannot be opened; an explicit `Procfs` does not.
+    pub fn open(kind: CollectorKind) -> Result<AnyCollector, Error> {
+        match kind {
+            CollectorKind::Sysinfo => Ok(AnyCollector::Sysinfo(SysinfoCollector::new()?)),
+            #[cfg(target_os = "linux")]
+            CollectorKind::Procfs => Ok(AnyCollector::Procfs(ProcfsCollector::new()?)),
+            #[cfg(not(target_os = "linux"))]
+            CollectorKind::Procfs => Err(Error::Collector(
+                "the procfs collector needs Linux; use --collector sysinfo".into(),
+            )),
+            #[cfg(target_os = "linux")]
+            CollectorKind::Auto => match ProcfsCollector::new() {
+                Ok(c) => Ok(AnyCollector::Procfs(c)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "falling back to the sysinfo collector");
+                    Ok(AnyCollector::Sysinfo(SysinfoCollector::new()?))
+                }
+            },
+            #[cfg(not(target_os = "linux"))]
+            CollectorKind::Auto => Ok(AnyCollector::Sysinfo(SysinfoCollector::new()?)),
+        }
+    }
+
+    /// `procfs` or `sysinfo`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AnyCollector::Sysinfo(_) => "sysinfo",
+            #[cfg(target_os = "linux")]
+            AnyCollector::Procfs(_) => "procfs",
+        }
+    }
+}
+
+impl Collector for AnyCollector {
+    fn collect(&mut self, out: &mut Vec<Observed>, counters: &mut ScanCounters) {
+        match self {
+            AnyCollector::Sysinfo(c) => c.collect(out, counters),
+            #[cfg(target_os = "linux")]
+            AnyCollector::Procfs(c) => c.collect(out, counters),
+        }
+    }
+
+    fn identity(&self, pid: u32) -> Option<Identity> {
+        match self {
+            AnyCollector::Sysinfo(c) => c.identity(pid),
+            #[cfg(target_os = "linux")]
+            AnyCollector::Procfs(c) => c.identity(pid),
+        }
+    }
+
+    fn exec_changes(&self) -> &[u32] {
+        match self {
+            AnyCollector::Sysinfo(c) => c.exec_changes(),
+            #[cfg(target_os = "linux")]
+            AnyCollector::Procfs(c) => c.exec_changes(),
+        }
+    }
 }
 
 /// The portable collector, over `sysinfo`.

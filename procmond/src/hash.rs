@@ -5,14 +5,17 @@
 //! what actually runs), looks its identity up in a bounded cache keyed by
 //! (device, inode, size, mtime), and hands cache misses to a worker thread
 //! through a bounded queue. The scan waits for the worker only a short,
-//! configured time; what is not done by then is reported later.
+//! configured time; what is not done by then is reported later. The worker
+//! reads under a budget of bytes per second ([`Pace`]), so a burst of new
+//! executables (the first scan, a deployment) costs a bounded share of one
+//! core, and a new instance of a file already hashed costs a cache lookup.
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sentineld_proto::v1::{ExeInfo, HashStatus};
 use sha2::{Digest, Sha256};
@@ -25,6 +28,9 @@ pub const DEFAULT_MAX_HASH_SIZE: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_CACHE_ENTRIES: usize = 4096;
 /// Default number of hashing jobs queued or running at once.
 pub const DEFAULT_QUEUE: usize = 256;
+/// Default hashing budget, bytes read and hashed per second (SHA-256 runs
+/// at well over 1 GB/s on one core, so this is a fraction of it).
+pub const DEFAULT_HASH_RATE: u64 = 256 * 1024 * 1024;
 
 const READ_BUF: usize = 64 * 1024;
 
@@ -233,6 +239,15 @@ pub fn probe_exe(
 /// `max_size`. Returns the identity of the file that was read and the
 /// outcome; a file that changes while it is read is an error.
 pub fn hash_file(path: &Path, max_size: u64) -> (Option<FileKey>, HashOutcome) {
+    hash_file_paced(path, max_size, &mut Pace::new(0))
+}
+
+/// [`hash_file`], waiting between reads as `pace` says.
+pub(crate) fn hash_file_paced(
+    path: &Path,
+    max_size: u64,
+    pace: &mut Pace,
+) -> (Option<FileKey>, HashOutcome) {
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) => return (None, HashOutcome::from_io(&e)),
@@ -259,6 +274,10 @@ pub fn hash_file(path: &Path, max_size: u64) -> (Option<FileKey>, HashOutcome) {
             return (Some(before), HashOutcome::TooLarge);
         }
         hasher.update(&buf[..n]);
+        let wait = pace.consume(n as u64, Instant::now());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
     }
     match file.metadata() {
         Ok(m) if FileKey::of(&m) == before && total == before.size => {
@@ -269,6 +288,54 @@ pub fn hash_file(path: &Path, max_size: u64) -> (Option<FileKey>, HashOutcome) {
             HashOutcome::Error("executable changed while it was read".into()),
         ),
         Err(e) => (Some(before), HashOutcome::from_io(&e)),
+    }
+}
+
+/// A budget of bytes per second for the hashing worker: a token bucket
+/// that holds at most a quarter of a second's worth (and at least one
+/// read), so an idle worker starts the next file at once but the average
+/// over any second stays near the rate.
+#[derive(Debug, Clone)]
+pub(crate) struct Pace {
+    /// Bytes per second; 0 for no limit.
+    rate: u64,
+    /// Bytes that can be read now without waiting; negative when owed.
+    credit: f64,
+    last: Option<Instant>,
+}
+
+impl Pace {
+    /// A budget of `rate` bytes per second; 0 for none.
+    pub(crate) fn new(rate: u64) -> Pace {
+        Pace {
+            rate,
+            credit: 0.0,
+            last: None,
+        }
+    }
+
+    fn burst(&self) -> f64 {
+        (self.rate as f64 / 4.0).max(READ_BUF as f64)
+    }
+
+    /// Accounts for `bytes` read at `now`; returns how long to wait before
+    /// reading more.
+    pub(crate) fn consume(&mut self, bytes: u64, now: Instant) -> Duration {
+        if self.rate == 0 {
+            return Duration::ZERO;
+        }
+        let rate = self.rate as f64;
+        let refilled = match self.last {
+            None => self.burst(),
+            Some(last) => self.credit + now.saturating_duration_since(last).as_secs_f64() * rate,
+        };
+        self.credit = refilled.min(self.burst()) - bytes as f64;
+        self.last = Some(now);
+        if self.credit >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.credit / rate)
+        }
     }
 }
 
@@ -363,11 +430,13 @@ pub(crate) struct Hasher {
 }
 
 impl Hasher {
-    /// Starts the worker thread.
+    /// Starts the worker thread, which reads at most `rate` bytes per
+    /// second (0: no limit).
     pub(crate) fn start(
         max_size: u64,
         cache_entries: usize,
         queue: usize,
+        rate: u64,
     ) -> Result<Hasher, Error> {
         let queue = queue.max(1);
         let (jobs, job_rx) = mpsc::sync_channel::<Job>(queue);
@@ -377,8 +446,9 @@ impl Hasher {
         std::thread::Builder::new()
             .name("procmond-hash".into())
             .spawn(move || {
+                let mut pace = Pace::new(rate);
                 while let Ok(job) = job_rx.recv() {
-                    let (read, outcome) = hash_file(&job.path, max_size);
+                    let (read, outcome) = hash_file_paced(&job.path, max_size, &mut pace);
                     let done = Done {
                         key: job.key,
                         pid: job.pid,
@@ -615,11 +685,75 @@ mod tests {
     }
 
     #[test]
+    fn pace_keeps_to_its_rate() {
+        const MIB: u64 = 1 << 20;
+        // 10 MiB in 64 KiB reads at 1 MiB/s, waiting as told (the clock is
+        // simulated): ten seconds, less the quarter-second burst.
+        let mut pace = Pace::new(MIB);
+        let t0 = Instant::now();
+        let mut now = t0;
+        for _ in 0..160 {
+            now += pace.consume(64 * 1024, now);
+        }
+        let took = (now - t0).as_secs_f64();
+        assert!((9.74..=9.76).contains(&took), "{took}");
+
+        // Idle time refills at most the burst.
+        now += Duration::from_secs(3600);
+        let mut waited = Duration::ZERO;
+        for _ in 0..16 {
+            let wait = pace.consume(64 * 1024, now);
+            waited += wait;
+            now += wait;
+        }
+        let waited = waited.as_secs_f64();
+        assert!((0.74..=0.76).contains(&waited), "{waited}");
+
+        // No budget: never waits.
+        let mut free = Pace::new(0);
+        assert!((0..1000).all(|_| free.consume(1 << 30, t0).is_zero()));
+    }
+
+    #[test]
+    fn a_paced_hash_is_the_same_hash() {
+        let contents = vec![5u8; 3 * READ_BUF + 17];
+        let f = temp_file(&contents);
+        // A budget that allows the whole file in the first burst: no wait.
+        let (_, outcome) =
+            hash_file_paced(f.path(), DEFAULT_MAX_HASH_SIZE, &mut Pace::new(1 << 30));
+        assert_eq!(outcome, HashOutcome::Ok(sha256(&contents)));
+    }
+
+    #[test]
+    fn a_new_instance_of_a_known_file_reuses_its_digest() {
+        let contents = vec![1u8; 1000];
+        let f = temp_file(&contents);
+        let key = FileKey::of(&std::fs::metadata(f.path()).expect("stat"));
+        let mut hasher =
+            Hasher::start(DEFAULT_MAX_HASH_SIZE, 16, 4, DEFAULT_HASH_RATE).expect("worker");
+        assert_eq!(
+            hasher.submit(key, 1, f.path().to_path_buf()),
+            Submit::Queued
+        );
+        hasher
+            .recv_timeout(Duration::from_secs(60))
+            .expect("job done");
+        assert_eq!(hasher.cached(&key), Some(sha256(&contents)));
+        // Same device, inode, size and mtime: the digest is reused. Any
+        // other mtime is another version of the file.
+        let touched = FileKey {
+            mtime_nsec: key.mtime_nsec + 1,
+            ..key
+        };
+        assert_eq!(hasher.cached(&touched), None);
+    }
+
+    #[test]
     fn worker_hashes_and_caches() {
         let contents = vec![9u8; 300_000];
         let f = temp_file(&contents);
         let key = FileKey::of(&std::fs::metadata(f.path()).expect("stat"));
-        let mut hasher = Hasher::start(DEFAULT_MAX_HASH_SIZE, 16, 1).expect("worker");
+        let mut hasher = Hasher::start(DEFAULT_MAX_HASH_SIZE, 16, 1, 0).expect("worker");
         assert_eq!(hasher.cached(&key), None);
         assert_eq!(
             hasher.submit(key, 1, f.path().to_path_buf()),

@@ -33,6 +33,9 @@ pub fn spawn_retrying(exe: &Path, args: &[&str]) -> Child {
 /// one, so the child briefly still shows the test binary.
 fn wait_for_exec(pid: u32, exe: &Path) {
     let link = PathBuf::from(format!("/proc/{pid}/exe"));
+    // The kernel names the resolved file (`/bin` is often a link to
+    // `/usr/bin`).
+    let exe = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
     for _ in 0..1000 {
         if std::fs::read_link(&link).is_ok_and(|target| target == exe) {
             return;

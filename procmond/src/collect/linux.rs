@@ -1,0 +1,794 @@
+//! The Linux fast path: `/proc` read directly, and only what changed.
+//!
+//! A process's name, executable, command line and user do not change while
+//! its instance (pid, start time) lives, except across an `exec`. So each
+//! scan lists `/proc` and reads one file per process, `/proc/PID/stat`
+//! (parent, state, start time, CPU time, threads, memory), and does the
+//! full read (`status` for the uid, `cmdline`, the `exe` link) only for an
+//! instance it has not seen before or one that exec'd.
+//!
+//! ## Exec detection
+//! An `exec` keeps the pid and the start time, so it is caught from `stat`
+//! alone, by comparing with what the instance showed last time:
+//! - its command name (`comm`), which `exec` sets from the new program's
+//!   file name;
+//! - where its program text and stack are mapped (`startcode`, `endcode`,
+//!   `startstack`), which only an `exec` changes, and which differ from one
+//!   `exec` to the next even of the same program for a position-independent
+//!   executable or with address-space randomisation (the default).
+//!
+//! Not detected: an `exec` of a program with the same `comm` when the
+//! mapping is not visible (a reader without ptrace access to the process
+//! sees placeholders; procmond has `CAP_SYS_PTRACE`) or not randomised (a
+//! fixed-address executable with randomisation off). A process that
+//! renames itself (`prctl(PR_SET_NAME)`) is taken for an `exec` and read
+//! again. Changes without an `exec` are not followed: a rewritten command
+//! line (`setproctitle`) or a `setuid` keep the values read at the start
+//! or at the last `exec`. Kernel threads never exec and some rename
+//! themselves as they work (`kworker/...`), so they keep the name they had
+//! when first seen.
+//!
+//! ## Figures
+//! Computed as the portable collector does, so records agree whichever
+//! collector made them: start time is boot time (`btime` of `/proc/stat`)
+//! plus `starttime` / `CLK_TCK`, in Unix seconds; CPU % is the process's
+//! CPU time over the wall time since the previous scan, ×100 (per core, so
+//! at most 100 × the number of CPUs); resident and virtual memory are the
+//! figures `statm` shows, taken from `stat`.
+//!
+//! ## Cost
+//! The directory handle, the `getdents` buffer, the path and the read
+//! buffers are kept from scan to scan, so a steady-state scan allocates
+//! nothing per process: per pid one `openat`, one `read` and one `close`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, Read as _};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStringExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rustix::fs::{Mode, OFlags, RawDir, SeekFrom};
+
+use crate::collect::{Collector, Identity, MAX_CMDLINE_BYTES, Observed, ScanCounters};
+use crate::error::Error;
+use crate::procfs::{self, Stat};
+
+/// Bytes of `getdents` buffer: about a thousand `/proc` entries per call.
+const DENTS_BYTES: usize = 32 * 1024;
+/// A `stat` line is a few hundred bytes; one read of this many gets it all.
+const STAT_BYTES: usize = 4096;
+/// The `Uid:` line is among the first of `status`; the rest (up to the
+/// supplementary groups, which can be long) is not needed.
+const STATUS_BYTES: usize = 4096;
+/// Most bytes of `cmdline` read: enough for [`MAX_CMDLINE_BYTES`] of
+/// arguments with as many separators.
+const CMDLINE_BYTES: usize = 2 * MAX_CMDLINE_BYTES + 8;
+
+/// What the collector remembers of one live instance.
+#[derive(Debug)]
+struct Known {
+    start_ticks: u64,
+    /// utime + stime at the last scan.
+    cpu_ticks: u64,
+    /// The scan that last saw it.
+    seen: u64,
+    comm: Vec<u8>,
+    exec_signature: Option<[u64; 3]>,
+    identity: Identity,
+}
+
+/// The Linux `/proc` collector (see the module docs).
+pub struct ProcfsCollector {
+    root: PathBuf,
+    dir: OwnedFd,
+    dents: Vec<u8>,
+    pids: Vec<u32>,
+    /// `PID/FILE`, relative to `dir`.
+    path: String,
+    /// For `stat`.
+    stat_buf: Vec<u8>,
+    /// For `status` and `cmdline`.
+    read_buf: Vec<u8>,
+    known: HashMap<u32, Known>,
+    exec_changes: Vec<u32>,
+    scan: u64,
+    last_scan: Option<Instant>,
+    clock_ticks: u64,
+    page_size: u64,
+    boot_time: u64,
+    max_cpu_percent: f32,
+}
+
+impl std::fmt::Debug for ProcfsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcfsCollector")
+            .field("root", &self.root)
+            .field("processes", &self.known.len())
+            .field("scan", &self.scan)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProcfsCollector {
+    /// The collector over `/proc`.
+    pub fn new() -> Result<ProcfsCollector, Error> {
+        ProcfsCollector::at(Path::new("/proc"))
+    }
+
+    /// The collector over a procfs mounted at `root` (for instance the
+    /// host's, bind-mounted into a container).
+    pub fn at(root: &Path) -> Result<ProcfsCollector, Error> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            Error::Collector(format!("{what} {}: {e}", root.display()))
+        };
+        let dir = open_dir(root).map_err(|e| fail("cannot open", &e))?;
+        let stat = std::fs::read(root.join("stat")).map_err(|e| fail("cannot read stat in", &e))?;
+        let (boot_time, cpus) =
+            procfs::parse_proc_stat(&stat).ok_or_else(|| fail("no btime in the stat of", &""))?;
+        Ok(ProcfsCollector {
+            root: root.to_path_buf(),
+            dir,
+            dents: Vec::with_capacity(DENTS_BYTES),
+            pids: Vec::new(),
+            path: String::with_capacity(32),
+            stat_buf: vec![0; STAT_BYTES],
+            read_buf: vec![0; STATUS_BYTES],
+            known: HashMap::new(),
+            exec_changes: Vec::new(),
+            scan: 0,
+            last_scan: None,
+            clock_ticks: rustix::param::clock_ticks_per_second().max(1),
+            page_size: u64::try_from(rustix::param::page_size()).unwrap_or(4096),
+            boot_time,
+            max_cpu_percent: cpus.max(1) as f32 * 100.0,
+        })
+    }
+
+    /// Lists the pids in the directory, in the order it gives them
+    /// (ascending for procfs).
+    fn list_pids(&mut self) -> io::Result<()> {
+        self.pids.clear();
+        if rustix::fs::seek(&self.dir, SeekFrom::Start(0)).is_err() {
+            self.dir = open_dir(&self.root)?;
+        }
+        let mut entries = RawDir::new(&self.dir, self.dents.spare_capacity_mut());
+        while let Some(entry) = entries.next() {
+            let entry = entry?;
+            if let Some(pid) = procfs::parse_u32(entry.file_name().to_bytes()) {
+                self.pids.push(pid);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Collector::collect`] as of `now`.
+    fn collect_at(&mut self, now: Instant, out: &mut Vec<Observed>, counters: &mut ScanCounters) {
+        self.scan += 1;
+        self.exec_changes.clear();
+        let elapsed = self
+            .last_scan
+            .map(|last| now.saturating_duration_since(last).as_secs_f32())
+            .filter(|s| *s > 0.0);
+        self.last_scan = Some(now);
+        if let Err(e) = self.list_pids() {
+            tracing::warn!(root = %self.root.display(), error = %e, "cannot list processes");
+        }
+        out.reserve(self.pids.len());
+
+        let ProcfsCollector {
+            dir,
+            pids,
+            path,
+            stat_buf,
+            read_buf,
+            known,
+            exec_changes,
+            scan,
+            clock_ticks,
+            page_size,
+            boot_time,
+            max_cpu_percent,
+            ..
+        } = self;
+        let scan = *scan;
+        for &pid in pids.iter() {
+            let n = match read_file(dir, path, pid, "stat", stat_buf, STAT_BYTES) {
+                Ok(n) => n,
+                Err(e) if procfs::is_gone(&e) => {
+                    counters.vanished += 1;
+                    continue;
+                }
+                Err(_) => {
+                    counters.unreadable += 1;
+                    continue;
+                }
+            };
+            let Some(stat) = procfs::parse_stat(&stat_buf[..n]) else {
+                counters.unreadable += 1;
+                continue;
+            };
+            let cpu_ticks = stat.utime.saturating_add(stat.stime);
+            let mut cpu_percent = 0.0;
+            let entry = match known.get_mut(&pid) {
+                Some(k) if k.start_ticks == stat.start_ticks => {
+                    if let Some(secs) = elapsed {
+                        let ticks = cpu_ticks.saturating_sub(k.cpu_ticks) as f32;
+                        cpu_percent =
+                            (ticks / *clock_ticks as f32 / secs * 100.0).min(*max_cpu_percent);
+                    }
+                    if exec_changed(k, &stat) {
+                        match read_identity(dir, path, read_buf, pid, &stat) {
+                            Ok(identity) => k.identity = identity,
+                            Err(Gone) => {
+                                counters.vanished += 1;
+                                continue;
+                            }
+                        }
+                        k.comm.clear();
+                        k.comm.extend_from_slice(stat.comm);
+                        exec_changes.push(pid);
+                    } else if k.identity.uid.is_none() {
+                        // Read again until it can be, as the portable
+                        // collector does.
+                        match read_uid(dir, path, read_buf, pid) {
+                            Ok(uid) => k.identity.uid = uid,
+                            Err(Gone) => {
+                                counters.vanished += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    if stat.exec_signature().is_some() {
+                        k.exec_signature = stat.exec_signature();
+                    }
+                    k
+                }
+                _ => {
+                    // New, or the pid was reused by a new instance.
+                    let identity = match read_identity(dir, path, read_buf, pid, &stat) {
+                        Ok(identity) => identity,
+                        Err(Gone) => {
+                            counters.vanished += 1;
+                            continue;
+                        }
+                    };
+                    let known_now = Known {
+                        start_ticks: stat.start_ticks,
+                        cpu_ticks,
+                        seen: scan,
+                        comm: stat.comm.to_vec(),
+                        exec_signature: stat.exec_signature(),
+                        identity,
+                    };
+                    match known.entry(pid) {
+                        std::collections::hash_map::Entry::Occupied(mut o) => {
+                            o.insert(known_now);
+                            o.into_mut()
+                        }
+                        std::collections::hash_map::Entry::Vacant(v) => v.insert(known_now),
+                    }
+                }
+            };
+            entry.cpu_ticks = cpu_ticks;
+            entry.seen = scan;
+            if entry.identity.uid.is_none() {
+                counters.unreadable += 1;
+            }
+            out.push(Observed {
+                pid,
+                ppid: stat.ppid,
+                start_time: i64::try_from(
+                    boot_time.saturating_add(stat.start_ticks / *clock_ticks),
+                )
+                .unwrap_or(i64::MAX),
+                status: procfs::state_code(stat.state),
+                threads: stat.num_threads,
+                rss_bytes: stat.rss_pages.saturating_mul(*page_size),
+                vms_bytes: stat.vsize,
+                cpu_percent,
+                kernel_thread: stat.kernel_thread(),
+            });
+        }
+        known.retain(|_, k| k.seen == scan);
+        if !out.is_sorted_by_key(|o| o.pid) {
+            out.sort_unstable_by_key(|o| o.pid);
+        }
+    }
+}
+
+impl Collector for ProcfsCollector {
+    fn collect(&mut self, out: &mut Vec<Observed>, counters: &mut ScanCounters) {
+        self.collect_at(Instant::now(), out, counters);
+    }
+
+    fn identity(&self, pid: u32) -> Option<Identity> {
+        self.known.get(&pid).map(|k| k.identity.clone())
+    }
+
+    fn exec_changes(&self) -> &[u32] {
+        &self.exec_changes
+    }
+}
+
+/// Whether a known instance exec'd, judging by its `stat` (see the module
+/// docs). A process without an address space (a zombie, one exiting) shows
+/// no mapping, which is not a change.
+fn exec_changed(known: &Known, stat: &Stat<'_>) -> bool {
+    if stat.kernel_thread() {
+        return false;
+    }
+    if known.comm != stat.comm {
+        return true;
+    }
+    matches!(
+        (known.exec_signature, stat.exec_signature()),
+        (Some(before), Some(now)) if before != now
+    )
+}
+
+/// The process went away while it was read.
+#[derive(Debug)]
+struct Gone;
+
+fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Reads `PID/FILE` under `dir` into `buf` (kept zero-filled to its
+/// length, grown up to `limit`); returns the number of bytes read.
+///
+/// A short read ends the file: procfs hands out the whole of a file it has
+/// generated to a large enough buffer, so this saves the read that would
+/// return 0.
+fn read_file(
+    dir: &OwnedFd,
+    path: &mut String,
+    pid: u32,
+    file: &str,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<usize> {
+    path.clear();
+    let _ = write!(path, "{pid}/{file}");
+    let fd = rustix::fs::openat(
+        dir,
+        path.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)?;
+    let mut file = File::from(fd);
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            if filled >= limit {
+                break;
+            }
+            buf.resize(buf.len().saturating_mul(2).clamp(64, limit), 0);
+        }
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                if filled < buf.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The real uid from `status`; `None` when it cannot be read.
+fn read_uid(
+    dir: &OwnedFd,
+    path: &mut String,
+    buf: &mut Vec<u8>,
+    pid: u32,
+) -> Result<Option<u32>, Gone> {
+    match read_file(dir, path, pid, "status", buf, STATUS_BYTES) {
+        Ok(n) => Ok(procfs::status_uid(&buf[..n])),
+        Err(e) if procfs::is_gone(&e) => Err(Gone),
+        Err(_) => Ok(None),
+    }
+}
+
+/// The full read of a new instance (or one that exec'd): the name from its
+/// `stat`, the uid, the command line and the executable.
+fn read_identity(
+    dir: &OwnedFd,
+    path: &mut String,
+    buf: &mut Vec<u8>,
+    pid: u32,
+    stat: &Stat<'_>,
+) -> Result<Identity, Gone> {
+    let uid = read_uid(dir, path, buf, pid)?;
+    let name = String::from_utf8_lossy(stat.comm).into_owned();
+    if stat.kernel_thread() {
+        // No address space: no command line and no executable.
+        return Ok(Identity {
+            name,
+            exe: None,
+            cmdline: Vec::new(),
+            uid,
+        });
+    }
+    let cmdline = match read_file(dir, path, pid, "cmdline", buf, CMDLINE_BYTES) {
+        Ok(n) => crate::collect::bounded_cmdline(
+            buf[..n]
+                .split(|&b| b == 0)
+                .filter(|arg| !arg.is_empty())
+                .map(String::from_utf8_lossy),
+        ),
+        Err(e) if procfs::is_gone(&e) => return Err(Gone),
+        Err(_) => Vec::new(),
+    };
+    path.clear();
+    let _ = write!(path, "{pid}/exe");
+    let exe = rustix::fs::readlinkat(dir, path.as_str(), Vec::new())
+        .ok()
+        .map(|target| {
+            let mut bytes = target.into_bytes();
+            if bytes.ends_with(b" (deleted)") {
+                bytes.truncate(bytes.len() - b" (deleted)".len());
+            }
+            PathBuf::from(std::ffi::OsString::from_vec(bytes))
+        });
+    Ok(Identity {
+        name,
+        exe,
+        cmdline,
+        uid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A procfs-like tree in a temp dir: `stat` with a boot time and two
+    /// CPUs, and one directory per process.
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    /// What a fixture process shows.
+    struct Proc<'a> {
+        pid: u32,
+        comm: &'a str,
+        start_ticks: u64,
+        cpu_ticks: u64,
+        code: u64,
+        cmdline: &'a [u8],
+        exe: &'a str,
+        uid: u32,
+    }
+
+    impl Default for Proc<'_> {
+        fn default() -> Self {
+            Proc {
+                pid: 100,
+                comm: "sleep",
+                start_ticks: 5_000,
+                cpu_ticks: 0,
+                code: 0x5000_0000,
+                cmdline: b"sleep\x0030\x00",
+                exe: "/usr/bin/sleep",
+                uid: 1000,
+            }
+        }
+    }
+
+    const BOOT: u64 = 1_790_000_000;
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().expect("temp dir");
+            std::fs::write(
+                dir.path().join("stat"),
+                format!("cpu  1 2 3\ncpu0 1 2 3\ncpu1 1 2 3\nbtime {BOOT}\n"),
+            )
+            .expect("write stat");
+            std::fs::create_dir(dir.path().join("self")).expect("mkdir self");
+            Fixture { dir }
+        }
+
+        fn put(&self, p: &Proc<'_>) {
+            let d = self.dir.path().join(p.pid.to_string());
+            std::fs::create_dir_all(&d).expect("mkdir pid");
+            let stat = format!(
+                "{pid} ({comm}) S 1 {pid} {pid} 0 -1 4194560 0 0 0 0 {utime} 0 0 0 20 0 2 0 \
+                 {start} 8192000 300 18446744073709551615 {code} {end} 140000 0 0 0 0 0 0 0 0 0 17 0 0 0\n",
+                pid = p.pid,
+                comm = p.comm,
+                utime = p.cpu_ticks,
+                start = p.start_ticks,
+                code = p.code,
+                end = p.code + 0x1000,
+            );
+            std::fs::write(d.join("stat"), stat).expect("write stat");
+            std::fs::write(
+                d.join("status"),
+                format!("Name:\t{}\nUid:\t{u}\t{u}\t{u}\t{u}\n", p.comm, u = p.uid),
+            )
+            .expect("write status");
+            std::fs::write(d.join("cmdline"), p.cmdline).expect("write cmdline");
+            let _ = std::fs::remove_file(d.join("exe"));
+            std::os::unix::fs::symlink(p.exe, d.join("exe")).expect("symlink exe");
+        }
+
+        fn remove(&self, pid: u32) {
+            std::fs::remove_dir_all(self.dir.path().join(pid.to_string())).expect("rm pid");
+        }
+
+        fn collector(&self) -> ProcfsCollector {
+            ProcfsCollector::at(self.dir.path()).expect("collector")
+        }
+    }
+
+    fn collect(c: &mut ProcfsCollector, now: Instant) -> (Vec<Observed>, ScanCounters) {
+        let mut out = Vec::new();
+        let mut counters = ScanCounters::default();
+        c.collect_at(now, &mut out, &mut counters);
+        (out, counters)
+    }
+
+    #[test]
+    fn reads_a_process_once_and_samples_it_after() {
+        let f = Fixture::new();
+        f.put(&Proc::default());
+        f.put(&Proc {
+            pid: 7,
+            comm: "(a) b)",
+            cmdline: b"a\x00\x00b c\x00",
+            exe: "/opt/odd name (x) (deleted)",
+            ..Proc::default()
+        });
+        let mut c = f.collector();
+        let t0 = Instant::now();
+        let (out, counters) = collect(&mut c, t0);
+        assert_eq!(counters, ScanCounters::default());
+        assert_eq!(out.iter().map(|o| o.pid).collect::<Vec<_>>(), vec![7, 100]);
+        let o = &out[1];
+        let ticks = c.clock_ticks;
+        assert_eq!(o.start_time, (BOOT + 5_000 / ticks) as i64);
+        assert_eq!((o.ppid, o.threads, o.status), (1, 2, "S"));
+        assert_eq!(o.rss_bytes, 300 * c.page_size);
+        assert_eq!(o.vms_bytes, 8_192_000);
+        assert_eq!(o.cpu_percent, 0.0);
+        assert!(!o.kernel_thread);
+
+        let odd = c.identity(7).expect("identity");
+        assert_eq!(odd.name, "(a) b)");
+        assert_eq!(odd.cmdline, vec!["a".to_owned(), "b c".to_owned()]);
+        assert_eq!(odd.exe, Some(PathBuf::from("/opt/odd name (x)")));
+        assert_eq!(odd.uid, Some(1000));
+
+        // Steady state: only `stat` is read. A changed command line is not
+        // seen (it is not read), CPU time is.
+        f.put(&Proc {
+            cpu_ticks: ticks / 2,
+            cmdline: b"changed\x00",
+            ..Proc::default()
+        });
+        let (out, _) = collect(&mut c, t0 + Duration::from_secs(1));
+        let o = out.iter().find(|o| o.pid == 100).expect("listed");
+        assert!((o.cpu_percent - 50.0).abs() < 0.01, "{}", o.cpu_percent);
+        assert_eq!(c.identity(100).expect("known").cmdline, vec!["sleep", "30"]);
+        assert!(c.exec_changes().is_empty());
+
+        // CPU % is capped at 100 per CPU.
+        f.put(&Proc {
+            cpu_ticks: ticks * 50,
+            ..Proc::default()
+        });
+        let (out, _) = collect(&mut c, t0 + Duration::from_secs(2));
+        let o = out.iter().find(|o| o.pid == 100).expect("listed");
+        assert_eq!(o.cpu_percent, 200.0);
+
+        f.remove(7);
+        let (out, _) = collect(&mut c, t0 + Duration::from_secs(3));
+        assert_eq!(out.len(), 1);
+        assert_eq!(c.identity(7), None);
+    }
+
+    #[test]
+    fn a_reused_pid_is_a_new_instance() {
+        let f = Fixture::new();
+        f.put(&Proc::default());
+        let mut c = f.collector();
+        let t0 = Instant::now();
+        collect(&mut c, t0);
+        f.put(&Proc {
+            start_ticks: 90_000,
+            comm: "sleep",
+            cmdline: b"sleep\x0099\x00",
+            exe: "/tmp/other sleep",
+            uid: 0,
+            cpu_ticks: 1_000_000,
+            ..Proc::default()
+        });
+        let (out, _) = collect(&mut c, t0 + Duration::from_secs(1));
+        assert_eq!(out[0].start_time, (BOOT + 90_000 / c.clock_ticks) as i64);
+        // Not a delta against the old instance's CPU time.
+        assert_eq!(out[0].cpu_percent, 0.0);
+        let id = c.identity(100).expect("identity");
+        assert_eq!(id.cmdline, vec!["sleep", "99"]);
+        assert_eq!(id.exe, Some(PathBuf::from("/tmp/other sleep")));
+        assert_eq!(id.uid, Some(0));
+        // A new instance, not an exec.
+        assert!(c.exec_changes().is_empty());
+    }
+
+    #[test]
+    fn an_exec_is_detected_and_read_again() {
+        let f = Fixture::new();
+        f.put(&Proc::default());
+        let mut c = f.collector();
+        let t0 = Instant::now();
+        collect(&mut c, t0);
+
+        // exec of another program: new comm.
+        f.put(&Proc {
+            comm: "python3",
+            code: 0x6000_0000,
+            cmdline: b"python3\x00-c\x00pass\x00",
+            exe: "/usr/bin/python3.12",
+            ..Proc::default()
+        });
+        let (out, _) = collect(&mut c, t0 + Duration::from_secs(1));
+        assert_eq!(out[0].start_time, (BOOT + 5_000 / c.clock_ticks) as i64);
+        assert_eq!(c.exec_changes(), &[100]);
+        let id = c.identity(100).expect("identity");
+        assert_eq!(id.name, "python3");
+        assert_eq!(id.cmdline, vec!["python3", "-c", "pass"]);
+        assert_eq!(id.exe, Some(PathBuf::from("/usr/bin/python3.12")));
+
+        let _ = collect(&mut c, t0 + Duration::from_secs(2));
+        assert!(c.exec_changes().is_empty(), "reported once");
+
+        // exec of the same program again: same comm, new mapping.
+        f.put(&Proc {
+            comm: "python3",
+            code: 0x7000_0000,
+            cmdline: b"python3\x00again\x00",
+            exe: "/usr/bin/python3.12",
+            ..Proc::default()
+        });
+        let _ = collect(&mut c, t0 + Duration::from_secs(3));
+        assert_eq!(c.exec_changes(), &[100]);
+        assert_eq!(
+            c.identity(100).expect("identity").cmdline,
+            vec!["python3", "again"]
+        );
+
+        // A zombie shows no mapping: not an exec.
+        f.put(&Proc {
+            comm: "python3",
+            code: 0,
+            ..Proc::default()
+        });
+        let _ = collect(&mut c, t0 + Duration::from_secs(4));
+        assert!(c.exec_changes().is_empty());
+    }
+
+    #[test]
+    fn kernel_threads_keep_their_first_name() {
+        let f = Fixture::new();
+        let d = f.dir.path().join("3");
+        std::fs::create_dir(&d).expect("mkdir");
+        let kworker = |name: &str| {
+            format!(
+                "3 ({name}) I 2 0 0 0 -1 69238880 0 0 0 0 0 0 0 0 0 -20 1 0 \
+                 40 0 0 18446744073709551615 0 0 0 0 0 0 0 2147483647 0 0 0 0 17 0 0 0\n"
+            )
+        };
+        std::fs::write(d.join("stat"), kworker("kworker/0:1-events")).expect("stat");
+        std::fs::write(d.join("status"), "Name:\tk\nUid:\t0\t0\t0\t0\n").expect("status");
+        let mut c = f.collector();
+        let t0 = Instant::now();
+        let (out, _) = collect(&mut c, t0);
+        assert!(out[0].kernel_thread);
+        assert_eq!(out[0].status, "I");
+        std::fs::write(d.join("stat"), kworker("kworker/0:1-mm_percpu_wq")).expect("stat");
+        let _ = collect(&mut c, t0 + Duration::from_secs(1));
+        assert!(c.exec_changes().is_empty());
+        let id = c.identity(3).expect("identity");
+        assert_eq!(id.name, "kworker/0:1-events");
+        assert_eq!((id.exe, id.cmdline, id.uid), (None, Vec::new(), Some(0)));
+    }
+
+    #[test]
+    fn unreadable_and_malformed_files_are_counted() {
+        let f = Fixture::new();
+        f.put(&Proc::default());
+        f.put(&Proc {
+            pid: 200,
+            ..Proc::default()
+        });
+        f.put(&Proc {
+            pid: 300,
+            ..Proc::default()
+        });
+        f.put(&Proc {
+            pid: 400,
+            ..Proc::default()
+        });
+        let root = f.dir.path();
+        std::fs::write(root.join("200/stat"), b"200 (x) S 1 2\n").expect("short stat");
+        std::fs::write(root.join("300/status"), b"Name:\tx\n").expect("no Uid");
+        std::fs::remove_file(root.join("400/stat")).expect("rm stat");
+        // Not processes.
+        std::fs::create_dir(root.join("sys")).expect("mkdir");
+        std::fs::create_dir(root.join("99999999999")).expect("mkdir");
+        let mut c = f.collector();
+        let (out, counters) = collect(&mut c, Instant::now());
+        assert_eq!(
+            out.iter().map(|o| o.pid).collect::<Vec<_>>(),
+            vec![100, 300]
+        );
+        assert_eq!(
+            counters,
+            ScanCounters {
+                vanished: 1,
+                unreadable: 2,
+            }
+        );
+        assert_eq!(c.identity(300).expect("listed").uid, None);
+        // The uid is read again until it can be.
+        f.put(&Proc {
+            pid: 300,
+            ..Proc::default()
+        });
+        let (_, counters) = collect(&mut c, Instant::now());
+        assert_eq!(counters.unreadable, 1);
+        assert_eq!(c.identity(300).expect("listed").uid, Some(1000));
+    }
+
+    #[test]
+    fn long_command_lines_are_bounded() {
+        let f = Fixture::new();
+        let mut cmdline = b"prog\x00".to_vec();
+        cmdline.extend(std::iter::repeat_n(b'x', 3 * MAX_CMDLINE_BYTES));
+        f.put(&Proc {
+            cmdline: &cmdline,
+            ..Proc::default()
+        });
+        let mut c = f.collector();
+        collect(&mut c, Instant::now());
+        let id = c.identity(100).expect("identity");
+        assert_eq!(id.cmdline.len(), 2);
+        assert_eq!(
+            id.cmdline.iter().map(String::len).sum::<usize>(),
+            MAX_CMDLINE_BYTES
+        );
+    }
+
+    #[test]
+    fn this_process_on_the_real_proc() {
+        let mut c = ProcfsCollector::new().expect("/proc");
+        let (out, _) = collect(&mut c, Instant::now());
+        let me = std::process::id();
+        let mine = out.iter().find(|o| o.pid == me).expect("own pid listed");
+        assert!(mine.threads >= 1 && mine.rss_bytes > 0 && !mine.kernel_thread);
+        assert!(out.windows(2).all(|w| w[0].pid < w[1].pid));
+        let id = c.identity(me).expect("identity");
+        assert_eq!(id.uid, Some(nix::unistd::getuid().as_raw()));
+        assert_eq!(id.exe.as_deref(), std::env::current_exe().ok().as_deref(),);
+        // The handle is reused: a second listing sees the same processes.
+        let (again, _) = collect(&mut c, Instant::now());
+        assert!(again.iter().any(|o| o.pid == me));
+        assert!(again.iter().any(|o| o.pid == 1));
+    }
+}
