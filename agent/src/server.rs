@@ -1,16 +1,23 @@
 //! The collector socket: accepts connections, checks every frame, hands
 //! batches to the storage thread and acknowledges them once committed.
 //!
-//! Connections are bounded by a semaphore; a peer that does not complete its
-//! handshake in time, sends a bad frame or breaks the protocol is counted by
-//! reason, logged once with its credentials, and disconnected. Nothing a peer
-//! sends can make the agent panic or grow without bound: frame lengths are
-//! checked before allocation and each connection holds at most one frame.
+//! A connection is first checked by its peer's credentials (SO_PEERCRED):
+//! only the allowed collector uids get further. Connections are bounded;
+//! one over the bound is closed at once. A peer that does not complete its
+//! handshake in time, sends a bad frame or breaks the protocol is counted
+//! by reason, logged once with its credentials, and disconnected. Nothing a
+//! peer sends can make the agent panic or grow without bound: frame lengths
+//! are checked before allocation, each connection holds at most one frame,
+//! and the next frame is read only after the last batch is committed.
+//!
+//! Flow control: the agent grants the collector a credit of records it may
+//! send beyond those acknowledged (`--max-pending-records`), and gives back
+//! each batch's records with its ack.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::prelude::*;
@@ -25,16 +32,28 @@ use tracing::{debug, info, warn};
 use crate::ingest::IngestHandle;
 use crate::stats::{AgentStats, RejectReason};
 
-/// Records the collector may have in flight before its first ack.
-pub(crate) const INITIAL_CREDITS: u64 = 1_000;
+/// Default credit: records the collector may have in flight beyond those
+/// acknowledged.
+pub const DEFAULT_PENDING_RECORDS: u64 = 1_000;
+
+/// Rejections of one reason logged as warnings per [`LOG_WINDOW`]; the
+/// rest are logged at debug level (and all are counted), so a peer that
+/// reconnects in a loop cannot flood the journal.
+const LOG_BURST: u32 = 20;
+const LOG_WINDOW: Duration = Duration::from_secs(60);
 
 pub(crate) struct ServerContext {
     pub(crate) ingest: IngestHandle,
     pub(crate) stats: Arc<AgentStats>,
     pub(crate) handshake_timeout: Duration,
+    /// Uids allowed to connect as the collector; never empty.
+    pub(crate) collector_uids: Vec<u32>,
+    /// The credit granted on every connection (records).
+    pub(crate) pending_records: u64,
+    pub(crate) reject_log: RejectLog,
 }
 
-/// Who is on the other end of a connection, for logs.
+/// Who is on the other end of a connection, for logs and the uid check.
 #[derive(Debug, Clone, Copy, Default)]
 struct Peer {
     pid: Option<u32>,
@@ -58,9 +77,17 @@ impl fmt::Display for Peer {
         match (self.pid, self.uid) {
             (Some(pid), Some(uid)) => write!(f, "pid {pid} uid {uid}"),
             (Some(pid), None) => write!(f, "pid {pid}"),
-            _ => f.write_str("unknown peer"),
+            (None, Some(uid)) => write!(f, "uid {uid}"),
+            (None, None) => f.write_str("unknown peer"),
         }
     }
+}
+
+/// The default collector uids: the agent's own, and root (procmond's
+/// usual user; root can reach the agent's socket anyway).
+pub fn default_collector_uids() -> Vec<u32> {
+    let own = nix::unistd::geteuid().as_raw();
+    if own == 0 { vec![0] } else { vec![own, 0] }
 }
 
 /// Why a connection was closed by the agent.
@@ -90,8 +117,69 @@ impl Rejection {
     }
 }
 
+/// Bounds the warnings logged per rejection reason (see [`LOG_BURST`]).
+#[derive(Debug, Default)]
+pub(crate) struct RejectLog {
+    windows: Mutex<[(Option<Instant>, u32, u64); RejectReason::ALL.len()]>,
+}
+
+impl RejectLog {
+    /// Whether this rejection is logged as a warning, and how many of its
+    /// reason were logged at debug level only since the last warning.
+    fn admit(&self, reason: RejectReason) -> (bool, u64) {
+        let Ok(mut windows) = self.windows.lock() else {
+            return (true, 0);
+        };
+        let (start, logged, quiet) = &mut windows[reason.index()];
+        let now = Instant::now();
+        if start.is_none_or(|s| now.duration_since(s) >= LOG_WINDOW) {
+            *start = Some(now);
+            *logged = 0;
+        }
+        if *logged < LOG_BURST {
+            *logged += 1;
+            (true, std::mem::take(quiet))
+        } else {
+            *quiet += 1;
+            (false, 0)
+        }
+    }
+}
+
+impl ServerContext {
+    /// Counts a rejection and logs it (a warning, within the log bound).
+    fn rejected(&self, peer: Peer, reason: RejectReason, error: &dyn fmt::Display) {
+        self.stats.reject(reason);
+        let (warn, quiet) = self.reject_log.admit(reason);
+        if warn {
+            if quiet > 0 {
+                warn!(%peer, reason = reason.as_str(), error = %error, not_logged_before = quiet, "collector connection refused or closed");
+            } else {
+                warn!(%peer, reason = reason.as_str(), error = %error, "collector connection refused or closed");
+            }
+        } else {
+            debug!(%peer, reason = reason.as_str(), error = %error, "collector connection refused or closed");
+        }
+    }
+
+    /// Refuses a peer whose uid is not an allowed collector uid.
+    fn check_peer(&self, peer: Peer) -> Result<(), String> {
+        match peer.uid {
+            Some(uid) if self.collector_uids.contains(&uid) => Ok(()),
+            Some(uid) => Err(format!(
+                "peer uid {uid} is not an allowed collector uid {:?} (run procmond as one of them, or pass --collector-uid {uid})",
+                self.collector_uids
+            )),
+            None => Err("the peer's credentials cannot be read".to_owned()),
+        }
+    }
+}
+
 /// Accepts connections until `shutdown`, then waits for the open ones to
 /// finish the batch they are storing.
+///
+/// A peer with a uid not allowed, or beyond `max_connections`, is counted,
+/// logged and closed at once, so it holds no slot.
 pub(crate) async fn serve(
     listener: LocalSocketListener,
     ctx: Arc<ServerContext>,
@@ -102,55 +190,84 @@ pub(crate) async fn serve(
     let tasks = TaskTracker::new();
     let mut backoff = Duration::from_millis(10);
     loop {
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            () = shutdown.cancelled() => break,
-        };
         let stream = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shutdown.cancelled() => break,
         };
-        match stream {
+        let stream = match stream {
             Ok(stream) => {
                 backoff = Duration::from_millis(10);
-                let ctx = Arc::clone(&ctx);
-                let shutdown = shutdown.clone();
-                tasks.spawn(async move {
-                    handle(stream, &ctx, &shutdown).await;
-                    drop(permit);
-                });
+                stream
             }
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
                 warn!(error = %e, "cannot accept a collector connection");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
             }
+        };
+        let peer = Peer::of(&stream);
+        if let Err(why) = ctx.check_peer(peer) {
+            ctx.rejected(peer, RejectReason::PeerUid, &why);
+            continue;
         }
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            ctx.rejected(
+                peer,
+                RejectReason::TooManyConnections,
+                &format_args!("{max_connections} connections are open already (--max-connections)"),
+            );
+            continue;
+        };
+        let ctx = Arc::clone(&ctx);
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            handle(stream, peer, &ctx, &shutdown).await;
+            drop(permit);
+        });
     }
     tasks.close();
     tasks.wait().await;
 }
 
-async fn handle(stream: LocalSocketStream, ctx: &ServerContext, shutdown: &CancellationToken) {
-    let peer = Peer::of(&stream);
+async fn handle(
+    stream: LocalSocketStream,
+    peer: Peer,
+    ctx: &ServerContext,
+    shutdown: &CancellationToken,
+) {
     debug!(%peer, "collector connection accepted");
     let mut framed = Framed::new(stream, FrameCodec::default());
-    let result = connection(&mut framed, ctx, peer, shutdown).await;
-    ctx.stats
-        .collector_connected
-        .store(false, Ordering::Relaxed);
-    match result {
-        Ok(()) => info!(%peer, "collector disconnected"),
-        Err(rejection) => {
-            if let Some(reason) = rejection.reason() {
-                ctx.stats.reject(reason);
-                warn!(%peer, reason = reason.as_str(), error = %rejection, "collector connection closed");
-            } else {
-                warn!(%peer, error = %rejection, "collector connection closed");
-            }
-        }
+    let mut session = Session {
+        peer,
+        handshaken: false,
+        gaps: 0,
+    };
+    let result = connection(&mut framed, ctx, &mut session, shutdown).await;
+    if session.handshaken {
+        ctx.stats
+            .collector_connected
+            .store(false, Ordering::Relaxed);
     }
+    match result {
+        Ok(()) if session.handshaken => info!(%peer, "collector disconnected"),
+        Ok(()) => debug!(%peer, "connection closed before a handshake"),
+        Err(rejection) => match rejection.reason() {
+            Some(reason) => ctx.rejected(peer, reason, &rejection),
+            None => warn!(%peer, error = %rejection, "collector connection closed"),
+        },
+    }
+}
+
+/// What one connection has done so far.
+#[derive(Debug)]
+struct Session {
+    peer: Peer,
+    /// The collector's handshake was accepted.
+    handshaken: bool,
+    /// Sequence gaps seen (each counted; only the first is a warning).
+    gaps: u64,
 }
 
 type Conn = Framed<LocalSocketStream, FrameCodec>;
@@ -176,9 +293,10 @@ impl Outgoing {
 async fn connection(
     framed: &mut Conn,
     ctx: &ServerContext,
-    peer: Peer,
+    session: &mut Session,
     shutdown: &CancellationToken,
 ) -> Result<(), Rejection> {
+    let peer = session.peer;
     let first = match tokio::time::timeout(ctx.handshake_timeout, framed.next()).await {
         Err(_) => {
             return Err(Rejection::Protocol(
@@ -213,10 +331,11 @@ async fn connection(
     out.send(
         framed,
         Body::Credit(CreditGrant {
-            records: INITIAL_CREDITS,
+            records: ctx.pending_records,
         }),
     )
     .await?;
+    session.handshaken = true;
     ctx.stats.collector_connected.store(true, Ordering::Relaxed);
 
     loop {
@@ -238,8 +357,14 @@ async fn connection(
             ));
         }
         if envelope.sequence != last_seq + 1 {
+            // Counted every time, a warning once per connection.
             ctx.stats.reject(RejectReason::SequenceGap);
-            warn!(%peer, expected = last_seq + 1, got = envelope.sequence, "sequence gap from collector");
+            session.gaps += 1;
+            if session.gaps == 1 {
+                warn!(%peer, reason = RejectReason::SequenceGap.as_str(), expected = last_seq + 1, got = envelope.sequence, "sequence gap from collector");
+            } else {
+                debug!(%peer, gaps = session.gaps, expected = last_seq + 1, got = envelope.sequence, "sequence gap from collector");
+            }
         }
         last_seq = envelope.sequence;
         match envelope.body {

@@ -29,10 +29,14 @@ pub enum RejectReason {
     SequenceGap,
     SequenceRepeat,
     Io,
+    /// The peer's uid (SO_PEERCRED) is not an allowed collector uid.
+    PeerUid,
+    /// Every connection slot was taken (`--max-connections`).
+    TooManyConnections,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::Oversize,
         RejectReason::BadCrc,
         RejectReason::Undecodable,
@@ -44,6 +48,8 @@ impl RejectReason {
         RejectReason::SequenceGap,
         RejectReason::SequenceRepeat,
         RejectReason::Io,
+        RejectReason::PeerUid,
+        RejectReason::TooManyConnections,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,10 +65,12 @@ impl RejectReason {
             RejectReason::SequenceGap => "sequence_gap",
             RejectReason::SequenceRepeat => "sequence_repeat",
             RejectReason::Io => "io",
+            RejectReason::PeerUid => "peer_uid",
+            RejectReason::TooManyConnections => "too_many_connections",
         }
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         RejectReason::ALL
             .iter()
             .position(|r| *r == self)

@@ -23,7 +23,7 @@ impl Drop for Reaped {
 
 fn agent(state: &Path, socket: &Path) -> Reaped {
     Reaped(
-        Command::new(env!("CARGO_BIN_EXE_sentinelagent"))
+        common::agent_command()
             .args(["--metrics-listen", "off"])
             .arg("--state-dir")
             .arg(state)

@@ -7,6 +7,7 @@ use clap::Parser;
 use sentineld_common::layout::StateLayout;
 use sentineld_common::time::parse_duration;
 
+use crate::collect::CollectorKind;
 use crate::daemon::DaemonConfig;
 use crate::scan::DEFAULT_CHUNK_RECORDS;
 use crate::scanner::ScanConfig;
@@ -26,6 +27,16 @@ pub struct Args {
     /// Time between scans.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub scan_interval: Duration,
+    /// Time between scans while the agent's credit is out (it is behind or
+    /// stalled); what it cannot take yet waits in the write-ahead log.
+    /// Default: 5 × --scan-interval.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub backpressure_interval: Option<Duration>,
+    /// Uid the agent may run as (checked with SO_PEERCRED on connect);
+    /// repeat for several. Default: procmond's own uid, root, and the owner
+    /// of the directory that holds the socket.
+    #[arg(long = "agent-uid", value_name = "UID")]
+    pub agent_uids: Vec<u32>,
     /// Scan once, print one JSON object per process per line, and exit.
     #[arg(long)]
     pub once: bool,
@@ -40,6 +51,21 @@ pub struct Args {
     /// them as pending.
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration)]
     pub hash_wait: Duration,
+    /// Most bytes per second read to hash new executables, e.g. `64MiB`
+    /// (`/s` optional); 0 for no limit. Known files are never read again.
+    #[arg(long, value_name = "BYTES/s", default_value = "256MiB", value_parser = parse_rate)]
+    pub hash_rate_limit: u64,
+    /// Process collector: `procfs` reads /proc directly, and only
+    /// /proc/PID/stat for the processes it already knows (Linux);
+    /// `sysinfo` is the portable one; `auto` is procfs on Linux (sysinfo if
+    /// /proc cannot be opened) and sysinfo elsewhere.
+    #[arg(long, value_enum, value_name = "auto|procfs|sysinfo", default_value_t = CollectorKind::Auto)]
+    pub collector: CollectorKind,
+    /// Longest one scan spends finding the processes' listening ports;
+    /// those not reached keep their last ports and are counted. `off`
+    /// turns port discovery off.
+    #[arg(long, value_name = "DURATION|off", default_value = "50ms", value_parser = parse_budget)]
+    pub port_budget: Duration,
     /// Stop when the parent process exits (used by sentinelagent when it
     /// supervises procmond).
     #[arg(long)]
@@ -52,6 +78,17 @@ pub struct Args {
     /// most this long after an append (group commit), e.g. `100ms`.
     #[arg(long, value_name = "every-batch|DURATION", default_value = "100ms", value_parser = parse_sync)]
     pub wal_sync: SyncPolicy,
+}
+
+fn parse_budget(text: &str) -> Result<Duration, String> {
+    if text == "off" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text).map_err(|e| format!("{e}; or off"))
+}
+
+fn parse_rate(text: &str) -> Result<u64, String> {
+    parse_size(text.trim().strip_suffix("/s").unwrap_or(text))
 }
 
 fn parse_sync(text: &str) -> Result<SyncPolicy, String> {
@@ -68,6 +105,9 @@ impl Args {
         ScanConfig {
             max_hash_size: self.max_hash_size,
             hash_wait: self.hash_wait,
+            hash_rate: self.hash_rate_limit,
+            collector: self.collector,
+            port_budget: self.port_budget,
             ..ScanConfig::default()
         }
     }
@@ -89,6 +129,10 @@ impl Args {
             },
             socket: layout.socket,
             scan_interval: self.scan_interval,
+            backpressure_interval: self
+                .backpressure_interval
+                .unwrap_or(self.scan_interval.saturating_mul(5)),
+            agent_uids: self.agent_uids.clone(),
             chunk_records: self.chunk_records as usize,
             scan: self.scan_config(),
         }
@@ -147,6 +191,31 @@ mod tests {
         let d = args.daemon_config();
         assert_eq!(d.socket, PathBuf::from("/x/sentineld.sock"));
         assert_eq!(d.scan.hash_wait, Duration::from_millis(250));
+        assert_eq!(d.scan.port_budget, crate::enrich::DEFAULT_PORT_BUDGET);
         assert!(Args::try_parse_from(["procmond", "--chunk-records", "0"]).is_err());
+        assert_eq!(d.scan.collector, CollectorKind::Auto);
+        assert_eq!(d.scan.hash_rate, 256 << 20);
+    }
+
+    #[test]
+    fn collector_and_hash_rate() {
+        let args = Args::parse_from([
+            "procmond",
+            "--collector",
+            "sysinfo",
+            "--hash-rate-limit",
+            "64MiB/s",
+        ]);
+        let scan = args.scan_config();
+        assert_eq!(scan.collector, CollectorKind::Sysinfo);
+        assert_eq!(scan.hash_rate, 64 << 20);
+        let args = Args::parse_from(["procmond", "--collector=procfs", "--hash-rate-limit=0"]);
+        assert_eq!(args.scan_config().collector, CollectorKind::Procfs);
+        assert_eq!(args.scan_config().hash_rate, 0);
+        assert!(Args::try_parse_from(["procmond", "--collector", "ps"]).is_err());
+        assert!(Args::try_parse_from(["procmond", "--hash-rate-limit", "fast"]).is_err());
+        let off = Args::parse_from(["procmond", "--port-budget", "off"]);
+        assert_eq!(off.scan_config().port_budget, Duration::ZERO);
+        assert!(Args::try_parse_from(["procmond", "--port-budget", "0s"]).is_err());
     }
 }

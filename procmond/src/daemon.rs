@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::client::{self, Control};
-use crate::collect::{Collector, SysinfoCollector};
+use crate::collect::{AnyCollector, Collector};
 use crate::error::Error;
 use crate::ledger::Ledger;
 use crate::scan::Scan;
@@ -42,6 +42,12 @@ pub struct DaemonConfig {
     /// The agent's socket.
     pub socket: PathBuf,
     pub scan_interval: Duration,
+    /// The scan interval while the agent's credit is out (it is behind or
+    /// stalled); at least `scan_interval`.
+    pub backpressure_interval: Duration,
+    /// Uids the agent may run as; empty for the default (procmond's own
+    /// uid, root, and the owner of the socket's directory).
+    pub agent_uids: Vec<u32>,
     pub chunk_records: usize,
     pub scan: ScanConfig,
 }
@@ -49,7 +55,9 @@ pub struct DaemonConfig {
 /// Runs the collector until `cancel` fires: scans every interval and sends
 /// the scans to the agent, reconnecting whenever the agent goes away.
 pub async fn run_daemon(config: DaemonConfig, cancel: CancellationToken) -> Result<(), Error> {
-    let scanner = Scanner::new(SysinfoCollector::new()?, config.scan.clone())?;
+    let collector = AnyCollector::open(config.scan.collector)?;
+    info!(collector = collector.name(), "process collector open");
+    let scanner = Scanner::new(collector, config.scan.clone())?;
     run_with_scanner(scanner, config, cancel).await
 }
 
@@ -83,6 +91,11 @@ pub async fn run_with_scanner<C: Collector + Send + 'static>(
     let (control_tx, control_rx) = std_mpsc::sync_channel::<Control>(1);
     let loop_cancel = cancel.clone();
     let interval = config.scan_interval;
+    let flow = Arc::new(client::Flow::new(
+        interval,
+        config.backpressure_interval.max(interval),
+    ));
+    let scan_flow = Arc::clone(&flow);
     let chunk_records = config.chunk_records;
     let boot_id = sentineld_common::host::boot_id();
     let scan_wal = Arc::clone(&wal);
@@ -100,7 +113,7 @@ pub async fn run_with_scanner<C: Collector + Send + 'static>(
                 &mut out,
                 &control_rx,
                 &loop_cancel,
-                interval,
+                &scan_flow,
                 chunk_records,
             );
         })
@@ -119,8 +132,17 @@ pub async fn run_with_scanner<C: Collector + Send + 'static>(
         hostname: sentineld_common::host::hostname(),
         pid: std::process::id(),
     };
-    client::run(&config.socket, &me, &wal, &mut rx, &control_tx, &cancel).await;
+    let link = client::Link {
+        socket: config.socket.clone(),
+        agent_uids: config.agent_uids.clone(),
+    };
+    client::run(&link, &me, &wal, &flow, &mut rx, &control_tx, &cancel).await;
+    let (stalls, resumes) = flow.transitions();
+    if stalls > 0 {
+        info!(stalls, resumes, "backpressure from the agent this run");
+    }
 
+    sentineld_common::notify::stopping();
     drop(control_tx);
     drop(rx);
     let joined = tokio::task::spawn_blocking(move || thread.join())
@@ -166,8 +188,14 @@ struct ScanOutput {
 
 impl ScanOutput {
     /// Records one scan; false when the socket side has gone (shutdown).
-    fn record(&mut self, scan: Scan, chunk_records: usize) -> bool {
+    fn record(&mut self, mut scan: Scan, chunk_records: usize) -> bool {
         let scan_seq = scan.scan_seq;
+        if let Ok(wal) = self.wal.lock() {
+            let stats = wal.stats();
+            scan.stats.wal_bytes = wal.bytes();
+            scan.stats.wal_samples_dropped = stats.samples_dropped;
+            scan.stats.wal_chunks_dropped = stats.batches_dropped;
+        }
         let batches = scan.into_batches(chunk_records);
         if let Err(e) = self.ledger.append_scan(self.boot_id, &batches) {
             error!(scan_seq, error = %e, "cannot append the scan to the audit ledger");
@@ -201,20 +229,30 @@ impl ScanOutput {
     }
 }
 
-/// The scan thread: scans every `interval` (or at once when a snapshot is
+/// Longest the scan thread waits without looking at the flow state again,
+/// so a stretched or restored interval takes effect within this time.
+const FLOW_CHECK: Duration = Duration::from_millis(250);
+
+/// The scan thread: scans every interval (or at once when a snapshot is
 /// asked for), and records every scan in the ledger and the write-ahead
 /// log, connected or not: the log holds what the agent has not yet
-/// acknowledged, so nothing is lost while it is away.
+/// acknowledged, so nothing is lost while it is away. The interval is the
+/// configured one, or the stretched one while the agent's credit is out
+/// ([`client::Flow`]).
 fn scan_loop<C: Collector>(
     mut scanner: Scanner<C>,
     out: &mut ScanOutput,
     control: &Receiver<Control>,
     cancel: &CancellationToken,
-    interval: Duration,
+    flow: &client::Flow,
     chunk_records: usize,
 ) {
     // The first scan lists every process: it is a snapshot.
     let mut snapshot = true;
+    // Under systemd: ready once the first scan is recorded; the watchdog is
+    // fed from this thread, so a scan that hangs stops the pings.
+    let mut ready = false;
+    let mut watchdog = sentineld_common::notify::Watchdog::from_env();
     loop {
         if cancel.is_cancelled() {
             return;
@@ -231,19 +269,41 @@ fn scan_loop<C: Collector>(
         if !out.record(scan, chunk_records) {
             return;
         }
+        if !ready {
+            sentineld_common::notify::ready("scanning");
+            ready = true;
+        }
+        if let Some(watchdog) = &mut watchdog {
+            watchdog.ping_if_due();
+        }
 
         // Wait for the next scan, or scan at once for a snapshot (but not
-        // sooner than CPU figures can be measured).
-        let next = started + interval;
-        let left = next.saturating_duration_since(Instant::now());
-        match control.recv_timeout(left) {
-            Ok(Control::Snapshot) => {
-                snapshot = true;
-                let earliest = started + sysinfo::MINIMUM_CPU_UPDATE_INTERVAL;
-                std::thread::sleep(earliest.saturating_duration_since(Instant::now()));
+        // sooner than CPU figures can be measured). The interval is looked
+        // at again every FLOW_CHECK, so backpressure engages (and lets go)
+        // mid-wait.
+        loop {
+            let next = started + flow.interval();
+            let left = next.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+            match control.recv_timeout(left.min(FLOW_CHECK)) {
+                Ok(Control::Snapshot) => {
+                    snapshot = true;
+                    let earliest = started + sysinfo::MINIMUM_CPU_UPDATE_INTERVAL;
+                    std::thread::sleep(earliest.saturating_duration_since(Instant::now()));
+                    break;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(watchdog) = &mut watchdog {
+                        watchdog.ping_if_due();
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if cancel.is_cancelled() {
+                return;
+            }
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Every scan interval it enumerates the processes of the host
 //! ([`collect`]), diffs them against the last scan ([`diff`]), hashes the
-//! executables of new instances off the scan's hot path ([`hash`]), and
+//! executables of new instances off the scan's hot path ([`hash`]), adds
+//! container ids, open descriptors and listening ports ([`enrich`]), and
 //! sends the result ([`scan`]) to the agent over a local socket, in chunks.
 //! [`scanner`] ties one scan together; daemon mode runs it on its own
 //! thread beside the async socket side ([`run_daemon`]); `--once` prints one
@@ -16,6 +17,7 @@ mod client;
 pub mod collect;
 mod daemon;
 pub mod diff;
+pub mod enrich;
 mod error;
 pub mod hash;
 pub mod ledger;

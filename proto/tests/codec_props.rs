@@ -1,15 +1,20 @@
-//! Property tests for the frame codec: round trip, arbitrary splits of the
-//! byte stream, and detection of any single corrupted byte.
+//! Property tests for the frame codec and the envelope decoder: round
+//! trip, arbitrary splits of the byte stream, detection of corrupted and
+//! truncated frames, and no panic on any input. The case counts are
+//! bounded so the pass runs in CI on every change.
 
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
 use bytes::BytesMut;
 use proptest::prelude::*;
+use prost::Message as _;
+use sentineld_proto::FrameCodec;
 use sentineld_proto::codec::{self, FrameError, HEADER_LEN};
 use sentineld_proto::v1::{
     Ack, CreditGrant, Envelope, ExeInfo, InstanceRef, ProcessRecord, Sample, ScanBatch,
     envelope::Body,
 };
+use tokio_util::codec::Decoder as _;
 
 const MAX: usize = 1 << 20;
 
@@ -27,6 +32,7 @@ fn sample() -> impl Strategy<Value = Sample> {
             threads,
             open_fds: Some(threads % 1024),
             status,
+            listening_ports: vec![threads % 65_536],
         },
     )
 }
@@ -160,6 +166,122 @@ proptest! {
     fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         let mut buf = BytesMut::from(&bytes[..]);
         while let Ok(Some(_)) = codec::decode(&mut buf, MAX) {}
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Arbitrary bytes through the streaming decoder, in arbitrary pieces,
+    /// then end of stream: every outcome is a value or an error.
+    #[test]
+    fn arbitrary_streams_never_panic(
+        bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+    ) {
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+        points.push(bytes.len());
+        points.sort_unstable();
+        let mut decoder = FrameCodec::new(MAX);
+        let mut buf = BytesMut::new();
+        let mut from = 0;
+        'feed: for to in points {
+            buf.extend_from_slice(&bytes[from..to]);
+            from = to;
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => break 'feed,
+                }
+            }
+        }
+        let _ = decoder.decode_eof(&mut buf);
+    }
+
+    /// A frame whose CRC is right but whose payload is anything: an
+    /// envelope or a decode error, nothing else.
+    #[test]
+    fn any_payload_with_a_valid_crc_is_an_envelope_or_a_decode_error(
+        payload in proptest::collection::vec(any::<u8>(), 0..2048),
+    ) {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        buf.extend_from_slice(&payload);
+        match codec::decode(&mut buf, MAX) {
+            Ok(Some(_)) => prop_assert!(buf.is_empty()),
+            Err(FrameError::Decode(_)) => {}
+            other => prop_assert!(false, "unexpected {other:?}"),
+        }
+    }
+
+    /// The envelope decoder alone never panics on arbitrary bytes.
+    #[test]
+    fn the_envelope_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let _ = Envelope::decode(&bytes[..]);
+    }
+
+    /// A valid frame cut anywhere is "need more bytes" (nothing consumed),
+    /// and at end of stream it is `Truncated`, never an envelope.
+    #[test]
+    fn truncated_frames_are_incomplete_and_then_truncated(
+        envelope in envelope(),
+        at in any::<prop::sample::Index>(),
+    ) {
+        let bytes = encode_all(std::slice::from_ref(&envelope)).to_vec();
+        let cut = at.index(bytes.len());
+        let mut buf = BytesMut::from(&bytes[..cut]);
+        prop_assert!(codec::decode(&mut buf, MAX).unwrap().is_none());
+        prop_assert_eq!(buf.len(), cut);
+        let eof = FrameCodec::new(MAX).decode_eof(&mut buf);
+        if cut == 0 {
+            prop_assert!(matches!(eof, Ok(None)));
+        } else {
+            prop_assert!(matches!(eof, Err(FrameError::Truncated { .. })), "{eof:?}");
+        }
+    }
+
+    /// Up to three flipped bits anywhere after the length (CRC or payload)
+    /// are always detected: CRC-32 has a Hamming distance of at least 4 for
+    /// frames of this size.
+    #[test]
+    fn flipped_bits_after_the_length_are_detected(
+        envelope in envelope(),
+        flips in proptest::collection::vec(any::<prop::sample::Index>(), 1..=3),
+    ) {
+        let mut bytes = encode_all(std::slice::from_ref(&envelope)).to_vec();
+        prop_assume!(bytes.len() <= 11_000);
+        let bits = (bytes.len() - 4) * 8;
+        let mut positions: Vec<usize> = flips.iter().map(|i| 32 + i.index(bits)).collect();
+        positions.sort_unstable();
+        positions.dedup();
+        for bit in positions {
+            bytes[bit / 8] ^= 1 << (bit % 8);
+        }
+        let mut buf = BytesMut::from(&bytes[..]);
+        match codec::decode(&mut buf, MAX) {
+            Err(FrameError::BadChecksum { .. } | FrameError::Decode(_)) => {}
+            other => prop_assert!(false, "bit flips not detected: {other:?}"),
+        }
+    }
+
+    /// Valid frames followed by garbage: every valid frame decodes first.
+    #[test]
+    fn valid_frames_before_garbage_still_decode(
+        envelopes in proptest::collection::vec(envelope(), 1..4),
+        garbage in proptest::collection::vec(any::<u8>(), 1..64),
+    ) {
+        let mut buf = encode_all(&envelopes);
+        buf.extend_from_slice(&garbage);
+        let mut decoded = Vec::new();
+        while let Ok(Some(e)) = codec::decode(&mut buf, MAX) {
+            decoded.push(e);
+            if decoded.len() == envelopes.len() {
+                break;
+            }
+        }
+        prop_assert_eq!(decoded, envelopes);
     }
 }
 

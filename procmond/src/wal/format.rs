@@ -32,6 +32,7 @@ const ENVELOPE_VERSION: u32 = 1;
 const ENVELOPE_SEQUENCE: u32 = 2;
 const ENVELOPE_SCAN_BATCH: u32 = 11;
 const BATCH_SAMPLES: u32 = 10;
+const BATCH_SAMPLES_DROPPED: u32 = 13;
 
 /// The file name of the segment whose first entry id is `first`.
 pub(crate) fn segment_name(first: u64) -> String {
@@ -99,8 +100,34 @@ pub(crate) fn reclaimable(id: u64, batch: &ScanBatch) -> usize {
     if droppable_without_samples(batch) {
         return whole;
     }
+    whole - frame_len(id, stripped_len(batch))
+}
+
+/// `batch` without its samples, which it counts in `samples_dropped`.
+pub(crate) fn stripped(batch: &ScanBatch) -> ScanBatch {
+    ScanBatch {
+        samples: Vec::new(),
+        samples_dropped: dropped_after_strip(batch),
+        ..batch.clone()
+    }
+}
+
+fn dropped_after_strip(batch: &ScanBatch) -> u32 {
+    let n = u32::try_from(batch.samples.len()).unwrap_or(u32::MAX);
+    batch.samples_dropped.saturating_add(n)
+}
+
+/// The encoded length of [`stripped`]`(batch)`, without building it.
+fn stripped_len(batch: &ScanBatch) -> usize {
+    let field = |v: u32| {
+        if v == 0 {
+            0
+        } else {
+            prost::encoding::uint32::encoded_len(BATCH_SAMPLES_DROPPED, &v)
+        }
+    };
     let samples = prost::encoding::message::encoded_len_repeated(BATCH_SAMPLES, &batch.samples);
-    whole - frame_len(id, full - samples)
+    batch.encoded_len() - samples - field(batch.samples_dropped) + field(dropped_after_strip(batch))
 }
 
 /// Why bytes read from a segment are not a valid entry.

@@ -101,7 +101,7 @@ use tracing::{debug, info, warn};
 
 use crate::wal::format::{
     ACK_FILE, BadEntry, LOCK_FILE, TMP_SUFFIX, decode_ack, droppable_without_samples, encode_ack,
-    encode_entry, parse_segment_name, read_entry, reclaimable, segment_name,
+    encode_entry, parse_segment_name, read_entry, reclaimable, segment_name, stripped,
 };
 
 /// Default size at which the active segment is rotated (8 MiB).
@@ -668,11 +668,7 @@ impl Wal {
         let own = if batch.samples.is_empty() {
             0
         } else {
-            let stripped = ScanBatch {
-                samples: Vec::new(),
-                ..batch.clone()
-            };
-            frame.len() as u64 - self.encode(id, &stripped)?.len() as u64
+            frame.len() as u64 - self.encode(id, &stripped(batch))?.len() as u64
         };
         if backlog.saturating_add(own) < over {
             return Err(self.refuse(over));
@@ -682,11 +678,7 @@ impl Wal {
         if over == 0 {
             return Ok((frame, false));
         }
-        let stripped = ScanBatch {
-            samples: Vec::new(),
-            ..batch.clone()
-        };
-        let frame = self.encode(id, &stripped)?;
+        let frame = self.encode(id, &stripped(batch))?;
         let over = self.over_by(frame.len() as u64);
         if over > 0 {
             return Err(self.refuse(over));
@@ -789,15 +781,14 @@ impl Wal {
                 continue;
             }
             if e.reclaim > 0 {
-                let mut batch = decode_raw(&path, e, raw)?;
+                let batch = decode_raw(&path, e, raw)?;
                 samples += batch.samples.len() as u64;
                 if droppable_without_samples(&batch) {
                     batches += 1;
                     freed += e.len;
                     continue;
                 }
-                batch.samples.clear();
-                let frame = self.encode(e.id, &batch)?;
+                let frame = self.encode(e.id, &stripped(&batch))?;
                 freed += e.len.saturating_sub(frame.len() as u64);
                 entries.push(Entry {
                     id: e.id,

@@ -46,6 +46,7 @@ fn sample(pid: u32) -> Sample {
         threads: 3,
         open_fds: Some(12),
         status: "S".to_owned(),
+        listening_ports: Vec::new(),
     }
 }
 
@@ -143,6 +144,7 @@ fn computed_frame_sizes_match_the_codec() {
         assert_eq!(frame_len(id, b.encoded_len()), full, "id {id}");
         let stripped = ScanBatch {
             samples: Vec::new(),
+            samples_dropped: b.samples.len() as u32,
             ..b.clone()
         };
         let expected = if b.samples.is_empty() {
@@ -787,6 +789,7 @@ fn random_operations_under_a_tight_bound_count_every_drop() {
                     if *kb != b {
                         let stripped = ScanBatch {
                             samples: Vec::new(),
+                            samples_dropped: b.samples_dropped + b.samples.len() as u32,
                             ..b.clone()
                         };
                         assert_eq!(*kb, stripped, "entry {id} changed beyond its samples");
