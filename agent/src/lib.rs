@@ -10,6 +10,7 @@ pub mod http;
 pub(crate) mod ingest;
 pub mod lockfile;
 pub mod observe;
+pub mod reconfigure;
 pub mod rules;
 pub(crate) mod server;
 pub mod sinks;
@@ -31,6 +32,7 @@ use tracing::info;
 use crate::config::AgentConfig;
 use crate::detect::ReloadTrigger;
 use crate::lockfile::{LockError, StateLock};
+pub use crate::reconfigure::ConfigUpdates;
 use crate::sinks::Dispatcher;
 use crate::stats::AgentStats;
 use crate::store::{Store, StoreError};
@@ -104,11 +106,18 @@ fn listen(path: &Path) -> Result<LocalSocketListener, AgentError> {
 /// finishes the batches in flight and returns.
 ///
 /// `reload` asks for the rules to be read again (the caller wires SIGHUP to
-/// it; changes in the rules directory trigger it too).
+/// it; changes in the rules directory trigger it too). `updates` brings
+/// configurations read again: what can change at run time is applied, the
+/// rest is logged as needing a restart ([`reconfigure`]).
+///
+/// Under systemd (`Type=notify`) it reports ready once the store is open
+/// and the socket bound, pings the watchdog if one is set, and reports
+/// stopping on shutdown.
 pub async fn run(
     config: AgentConfig,
     shutdown: CancellationToken,
     reload: ReloadTrigger,
+    updates: ConfigUpdates,
 ) -> Result<(), AgentError> {
     let layout = &config.layout;
     create_private_dir(&layout.state_dir)?;
@@ -150,6 +159,7 @@ pub async fn run(
         }
         None => None,
     };
+    let sinks = dispatcher.clone();
     let (detect, detector) = detect::spawn(
         config.rules.clone(),
         rules,
@@ -170,10 +180,13 @@ pub async fn run(
         "sentinelagent listening"
     );
 
+    let mut procmond_args_tx = None;
     let supervisor = config.procmond.clone().map(|program| {
+        let (args_tx, args) = tokio::sync::watch::channel(procmond_args(&config));
+        procmond_args_tx = Some(args_tx);
         let spec = supervisor::Supervised {
             program,
-            args: procmond_args(&config),
+            args,
             stop_timeout: config.stop_timeout,
         };
         tokio::spawn(supervisor::supervise(
@@ -182,13 +195,33 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
+    let reconfigure = tokio::spawn(reconfigure::apply_updates(
+        updates,
+        config.clone(),
+        reconfigure::Targets {
+            dispatcher: sinks,
+            procmond_args: procmond_args_tx,
+        },
+        shutdown.clone(),
+    ));
+    sentineld_common::notify::ready("listening");
+    let watchdog = sentineld_common::notify::Watchdog::from_env()
+        .map(|watchdog| tokio::spawn(ping_watchdog(watchdog, shutdown.clone())));
 
     let ctx = Arc::new(server::ServerContext {
         ingest,
         stats: Arc::clone(&stats),
         handshake_timeout: config.handshake_timeout,
+        collector_uids: config.collector_uids.clone(),
+        pending_records: config.max_pending_records,
+        reject_log: server::RejectLog::default(),
     });
     server::serve(listener, ctx, config.max_connections, shutdown.clone()).await;
+    sentineld_common::notify::stopping();
+    let _ = reconfigure.await;
+    if let Some(watchdog) = watchdog {
+        let _ = watchdog.await;
+    }
 
     if let Some(supervisor) = supervisor {
         let _ = supervisor.await;
@@ -209,7 +242,23 @@ pub async fn run(
     Ok(())
 }
 
-fn procmond_args(config: &AgentConfig) -> Vec<OsString> {
+/// Pings the service manager's watchdog from the runtime until `shutdown`:
+/// a stalled runtime misses the pings and systemd restarts the agent.
+async fn ping_watchdog(
+    mut watchdog: sentineld_common::notify::Watchdog,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(watchdog.every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => watchdog.ping(),
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+pub(crate) fn procmond_args(config: &AgentConfig) -> Vec<OsString> {
     let layout = &config.layout;
     vec![
         "--state-dir".into(),

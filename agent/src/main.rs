@@ -1,7 +1,8 @@
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sentineld_agent::config::{AgentArgs, AgentConfig};
+use sentineld_agent::config::{self, AgentArgs, Environment};
 use sentineld_agent::detect::ReloadTrigger;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,15 @@ fn main() -> ExitCode {
 }
 
 fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let config = AgentConfig::from_args(args)?;
+    let loaded = config::load(&args, &Environment::from_process())?;
+    if args.print_config {
+        let mut out = std::io::stdout().lock();
+        return match out.write_all(loaded.render().as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+            _ => Ok(()),
+        };
+    }
+    let config = loaded.config;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -35,10 +44,31 @@ fn run(args: AgentArgs) -> anyhow::Result<()> {
         let mut hup = signal(SignalKind::hangup())?;
         let reload = ReloadTrigger::default();
         let requester = reload.clone();
+        let (updates, updates_rx) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP received; reloading rules");
+                tracing::info!("SIGHUP received; reloading the configuration and the rules");
+                sentineld_common::notify::reloading();
                 requester.request();
+                let args = args.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    config::load(&args, &Environment::from_process())
+                })
+                .await;
+                match read {
+                    Ok(Ok(loaded)) => {
+                        // A reload still being applied makes this one wait.
+                        if updates.send(loaded.config).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Err(e)) => tracing::error!(
+                        "configuration not reloaded; the one in force stays: {}",
+                        sentineld_common::error_chain(&e)
+                    ),
+                    Err(e) => tracing::error!(error = %e, "configuration not reloaded"),
+                }
+                sentineld_common::notify::ready("reloaded");
             }
         });
         let trigger = shutdown.clone();
@@ -49,7 +79,7 @@ fn run(args: AgentArgs) -> anyhow::Result<()> {
             }
             trigger.cancel();
         });
-        sentineld_agent::run(config, shutdown, reload).await?;
+        sentineld_agent::run(config, shutdown, reload, updates_rx).await?;
         anyhow::Ok(())
     })
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -21,27 +22,41 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A procmond that ran this long before dying restarts without delay growth.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Supervised {
     pub(crate) program: PathBuf,
-    pub(crate) args: Vec<OsString>,
+    /// procmond's arguments; a new value restarts it with them.
+    pub(crate) args: watch::Receiver<Vec<OsString>>,
     pub(crate) stop_timeout: Duration,
 }
 
-/// Runs procmond until `shutdown`, restarting it whenever it exits.
+/// Runs procmond until `shutdown`, restarting it whenever it exits or its
+/// arguments change.
 pub(crate) async fn supervise(
-    spec: Supervised,
+    mut spec: Supervised,
     stats: Arc<AgentStats>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = BACKOFF_START;
     loop {
         let started = Instant::now();
-        match spawn(&spec) {
+        let args = spec.args.borrow_and_update().clone();
+        match spawn(&spec.program, &args) {
             Ok(mut child) => {
                 let pid = child.id();
                 info!(pid, program = %spec.program.display(), "procmond started");
+                let args_changed = async {
+                    if spec.args.changed().await.is_err() {
+                        // The sender is gone: the arguments never change.
+                        std::future::pending::<()>().await;
+                    }
+                };
                 tokio::select! {
+                    () = args_changed => {
+                        info!(pid, "procmond's arguments changed; restarting it");
+                        stop(&mut child, spec.stop_timeout).await;
+                        continue;
+                    }
                     status = child.wait() => {
                         let ran = started.elapsed();
                         if ran >= HEALTHY_RUN {
@@ -71,12 +86,18 @@ pub(crate) async fn supervise(
     }
 }
 
-fn spawn(spec: &Supervised) -> std::io::Result<Child> {
-    Command::new(&spec.program)
-        .args(&spec.args)
+fn spawn(program: &PathBuf, args: &[OsString]) -> std::io::Result<Child> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
         .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
+        .kill_on_drop(true);
+    // Under systemd the agent is the unit's main process; procmond must not
+    // notify (or feed the watchdog) on its behalf.
+    for var in sentineld_common::notify::SERVICE_ENV {
+        command.env_remove(var);
+    }
+    command.spawn()
 }
 
 /// SIGTERM, wait up to `grace`, then SIGKILL.

@@ -4,6 +4,7 @@ pub mod host;
 pub mod layout;
 pub mod ledger;
 pub mod logging;
+pub mod notify;
 pub mod time;
 
 /// Version of the SentinelD workspace, reported in handshakes and `--version`.

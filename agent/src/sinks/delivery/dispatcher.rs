@@ -2,8 +2,8 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -102,7 +102,11 @@ impl DispatcherBuilder {
                 })?;
                 self.add_sink(name, sink, policy)
             }
+        }?;
+        if let Some(handle) = self.handles.last_mut() {
+            handle.settings = Some(settings.clone());
         }
+        Ok(self)
     }
 
     /// Adds any [`Sink`] under `name` (shown in records, stats and logs).
@@ -122,6 +126,7 @@ impl DispatcherBuilder {
             name: name.clone(),
             tx,
             counters: counters.clone(),
+            settings: None,
         });
         self.spawns.push(Box::new(
             move |tracker, records, shutdown, drain_timeout| {
@@ -155,27 +160,45 @@ impl DispatcherBuilder {
         tracker.close();
         let dispatcher = Dispatcher {
             inner: Arc::new(Inner {
-                sinks: self.handles,
+                sinks: RwLock::new(self.handles),
                 records,
                 tracker,
+                shutdown: self.shutdown,
+                drain_timeout: self.drain_timeout,
             }),
         };
         (dispatcher, records_rx)
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct SinkHandle {
     name: Arc<str>,
     tx: mpsc::Sender<Arc<Alert>>,
     counters: Arc<Counters>,
+    /// What a built-in sink was built from, so that a replacement keeps
+    /// it running when its settings are unchanged.
+    settings: Option<SinkSettings>,
 }
 
 #[derive(Debug)]
 struct Inner {
-    sinks: Vec<SinkHandle>,
+    /// Replaced whole by [`Dispatcher::replace`]; only ever held briefly.
+    sinks: RwLock<Vec<SinkHandle>>,
     records: RecordSender,
     tracker: TaskTracker,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+}
+
+impl Inner {
+    fn sinks(&self) -> std::sync::RwLockReadGuard<'_, Vec<SinkHandle>> {
+        // A panic while the lock was held cannot leave the list half
+        // written: it is only ever assigned whole.
+        self.sinks
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Hands alerts to every sink without waiting for any of them. Cheap to
@@ -227,7 +250,7 @@ impl Dispatcher {
     /// full drops it (counted, recorded, logged once per burst).
     pub fn send(&self, alert: Arc<Alert>) -> SendSummary {
         let mut summary = SendSummary::default();
-        for sink in &self.inner.sinks {
+        for sink in self.inner.sinks().iter() {
             let reason = match sink.tx.try_send(alert.clone()) {
                 Ok(()) => {
                     summary.queued += 1;
@@ -255,7 +278,7 @@ impl Dispatcher {
         DispatcherStats {
             sinks: self
                 .inner
-                .sinks
+                .sinks()
                 .iter()
                 .map(|s| {
                     let capacity = s.tx.max_capacity();
@@ -270,10 +293,57 @@ impl Dispatcher {
     /// The sinks' display names, in the order they were added.
     pub fn sink_names(&self) -> Vec<String> {
         self.inner
-            .sinks
+            .sinks()
             .iter()
             .map(|s| s.name.to_string())
             .collect()
+    }
+
+    /// Replaces the built-in sinks with those of `settings` (a reloaded
+    /// configuration). A sink whose settings are unchanged keeps running
+    /// with its queue and breaker; a removed sink delivers what it has
+    /// queued and stops; a new one starts. If any new sink cannot be
+    /// built, nothing changes. Sinks added with
+    /// [`DispatcherBuilder::add_sink`] are removed.
+    pub async fn replace(&self, settings: &[SinkSettings]) -> Result<(), BuildError> {
+        let current = self.inner.sinks().clone();
+        let mut builder = Self::builder(self.inner.shutdown.clone());
+        for s in settings {
+            match current.iter().find(|h| h.settings.as_ref() == Some(s)) {
+                Some(kept) => {
+                    if !builder.names.insert(kept.name.to_string()) {
+                        return Err(BuildError::Duplicate(kept.name.to_string()));
+                    }
+                    builder.handles.push(kept.clone());
+                }
+                None => {
+                    builder.add(s).await?;
+                }
+            }
+        }
+        let tracker = &self.inner.tracker;
+        tracker.reopen();
+        for spawn in builder.spawns {
+            spawn(
+                tracker,
+                &self.inner.records,
+                &self.inner.shutdown,
+                self.inner.drain_timeout,
+            );
+        }
+        tracker.close();
+        let old = {
+            let mut sinks = self
+                .inner
+                .sinks
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::mem::replace(&mut *sinks, builder.handles)
+        };
+        // Dropping the old handles closes the queues of the sinks not
+        // kept: they deliver what is queued and end.
+        drop(old);
+        Ok(())
     }
 
     /// Resolves when every sink task has exited: after the shutdown token

@@ -593,3 +593,47 @@ async fn dropping_every_dispatcher_delivers_the_queue_and_stops() {
     }
     assert_eq!(delivered, ["a0", "a1", "a2"]);
 }
+
+#[tokio::test]
+async fn replace_keeps_unchanged_sinks_and_swaps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = parse_spec(&format!("file={}", dir.path().join("a.jsonl").display())).unwrap();
+    let b = parse_spec(&format!("file={}", dir.path().join("b.jsonl").display())).unwrap();
+    let shutdown = CancellationToken::new();
+    let (dispatcher, mut records) = Dispatcher::start(std::slice::from_ref(&a), shutdown.clone())
+        .await
+        .unwrap();
+    dispatcher.send(alert("before"));
+    assert_eq!(next(&mut records).await.outcome, Outcome::Delivered);
+
+    // `a` stays (same settings, same counters), `b` is added.
+    dispatcher.replace(&[a.clone(), b.clone()]).await.unwrap();
+    assert_eq!(dispatcher.sink_names(), vec![a.name(), b.name()]);
+    assert_eq!(dispatcher.stats().sinks[0].delivered, 1, "a kept running");
+
+    // A sink that cannot start leaves the set as it was.
+    let bad = parse_spec(&format!(
+        "file={}",
+        dir.path().join("no/such/dir/c.jsonl").display()
+    ))
+    .unwrap();
+    assert!(dispatcher.replace(&[bad]).await.is_err());
+    assert_eq!(dispatcher.sink_names(), vec![a.name(), b.name()]);
+
+    // Only `b` now: alerts no longer reach `a`.
+    dispatcher.replace(std::slice::from_ref(&b)).await.unwrap();
+    assert_eq!(dispatcher.sink_names(), vec![b.name()]);
+    dispatcher.send(alert("after"));
+    let r = next(&mut records).await;
+    assert_eq!(
+        (r.alert_id.as_str(), r.sink.as_str()),
+        ("after", b.name().as_str())
+    );
+    let in_a = std::fs::read_to_string(dir.path().join("a.jsonl")).unwrap();
+    assert!(!in_a.contains("\"after\""), "{in_a}");
+
+    shutdown.cancel();
+    tokio::time::timeout(PATIENCE, dispatcher.stopped())
+        .await
+        .unwrap();
+}
