@@ -30,13 +30,14 @@ fn find(out: &[Observed], pid: u32) -> &Observed {
 #[test]
 fn both_collectors_report_the_same_records() {
     let dir = tempfile::tempdir().expect("temp dir");
-    // A long argument, one with spaces and parentheses, and a name with
-    // both too.
+    // A long argument, and a name with spaces and parentheses (which
+    // `stat` shows unquoted). sleep's arguments must be numbers: it exits
+    // on any other, and a zombie has no command line.
     let exe = copy_sleep(dir.path(), "odd (name) x");
     let long = format!("{}30", "0".repeat(5000));
     let children = [
         Reaped(spawn_retrying(Path::new("/bin/sleep"), &["30"])),
-        Reaped(spawn_retrying(&exe, &["31", "a b (c) d)"])),
+        Reaped(spawn_retrying(&exe, &["31", "0.5"])),
         Reaped(spawn_retrying(&exe, &[&long])),
     ];
     let me = std::process::id();
@@ -83,7 +84,7 @@ fn both_collectors_report_the_same_records() {
             cmdline: vec![
                 exe.to_string_lossy().into_owned(),
                 "31".into(),
-                "a b (c) d)".into()
+                "0.5".into()
             ],
             uid: Some(nix::unistd::getuid().as_raw()),
         }
