@@ -130,6 +130,16 @@ pub struct AgentArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub metrics_top_n: Option<u32>,
 
+    /// The user to run as once procmond is started, when started as root.
+    /// Default: `sentineld` if that user exists, else `nobody`.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// Keep running as root (not recommended: the agent parses rules,
+    /// serves HTTP and writes the store).
+    #[arg(long)]
+    pub allow_root: bool,
+
     /// File of executable SHA-256 hashes (hex, one per line, `#` comments)
     /// that raise the `hash_denied` column.
     #[arg(long, value_name = "FILE")]
@@ -167,6 +177,8 @@ impl AgentArgs {
             metrics_listen: self.metrics_listen.clone(),
             metrics_allow_remote: self.metrics_allow_remote.then_some(true),
             metrics_top_n: self.metrics_top_n,
+            user: self.user.clone(),
+            allow_root: self.allow_root.then_some(true),
         }
     }
 }
@@ -186,6 +198,7 @@ fn defaults() -> Layer {
         metrics_listen: Some(crate::http::DEFAULT_LISTEN.to_owned()),
         metrics_allow_remote: Some(false),
         metrics_top_n: Some(DEFAULT_METRICS_TOP_N),
+        allow_root: Some(false),
         ..Layer::default()
     }
 }
@@ -246,6 +259,11 @@ pub struct AgentConfig {
     /// Where the HTTP endpoint listens; `None` when off.
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub metrics_top_n: usize,
+    /// Who to become after starting procmond when started as root; `None`:
+    /// `sentineld` if it exists, else `nobody` ([`crate::privilege`]).
+    pub user: Option<String>,
+    /// Stay root (with a warning) instead.
+    pub allow_root: bool,
 }
 
 /// What a configuration read again (SIGHUP) changes in the running one.
@@ -290,6 +308,8 @@ impl AgentConfig {
         );
         differs("metrics_listen", self.metrics_listen != new.metrics_listen);
         differs("metrics_top_n", self.metrics_top_n != new.metrics_top_n);
+        differs("user", self.user != new.user);
+        differs("allow_root", self.allow_root != new.allow_root);
         Changes {
             sinks: self.sinks != new.sinks,
             scan_interval: self.scan_interval != new.scan_interval,
@@ -613,6 +633,8 @@ fn resolve(merged: &Layer, figment: &Figment) -> Result<AgentConfig, ConfigError
         sinks,
         metrics_listen,
         metrics_top_n: merged.metrics_top_n.unwrap_or(DEFAULT_METRICS_TOP_N) as usize,
+        user: merged.user.clone(),
+        allow_root: merged.allow_root.unwrap_or(false),
     })
 }
 

@@ -10,6 +10,7 @@ pub mod http;
 pub(crate) mod ingest;
 pub mod lockfile;
 pub mod observe;
+pub mod privilege;
 pub mod reconfigure;
 pub mod rules;
 pub(crate) mod server;
@@ -59,6 +60,8 @@ pub enum AgentError {
     Thread(std::io::Error),
     #[error("cannot load the rules (fix or remove what is named, or use --rules-dir):\n{0}")]
     Rules(#[from] detect::LoadError),
+    #[error(transparent)]
+    Privilege(#[from] privilege::PrivilegeError),
     #[error("cannot start the alert sinks: {0}")]
     Sinks(#[from] sinks::delivery::BuildError),
     #[error(
@@ -97,7 +100,11 @@ fn listen(path: &Path) -> Result<LocalSocketListener, AgentError> {
     let name = path.to_fs_name::<GenericFilePath>().map_err(err)?;
     ListenerOptions::new()
         .name(name)
-        .mode(0o600)
+        // Owner and group: under systemd procmond (root, without
+        // CAP_DAC_OVERRIDE) reaches the agent user's socket through its
+        // group (SupplementaryGroups= in procmond.service). The directory
+        // is 0700 and the agent checks every peer's uid.
+        .mode(0o660)
         .create_tokio()
         .map_err(err)
 }
@@ -120,6 +127,9 @@ pub async fn run(
     updates: ConfigUpdates,
 ) -> Result<(), AgentError> {
     let layout = &config.layout;
+    // Decided first, so a missing user stops the agent before anything
+    // starts.
+    let drop_to = privilege::plan(config.user.as_deref(), config.allow_root)?;
     create_private_dir(&layout.state_dir)?;
     let _lock = StateLock::acquire(&layout.lock())?;
     if let Some(dir) = layout.socket.parent() {
@@ -180,14 +190,27 @@ pub async fn run(
         "sentinelagent listening"
     );
 
+    if config.procmond.is_some() {
+        // Made here, root's, so procmond finds it whoever owns the state
+        // directory by the time it starts.
+        create_private_dir(&layout.procmond_dir())?;
+    }
     let mut procmond_args_tx = None;
+    let unprivileged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (started_tx, started) = tokio::sync::oneshot::channel();
     let supervisor = config.procmond.clone().map(|program| {
         let (args_tx, args) = tokio::sync::watch::channel(procmond_args(&config));
-        procmond_args_tx = Some(args_tx);
+        // Once root is dropped, a new scan interval cannot restart procmond
+        // with its privileges: the reload says a restart is needed.
+        if drop_to.is_none() {
+            procmond_args_tx = Some(args_tx);
+        }
         let spec = supervisor::Supervised {
             program,
             args,
             stop_timeout: config.stop_timeout,
+            started: Some(started_tx),
+            unprivileged: Arc::clone(&unprivileged),
         };
         tokio::spawn(supervisor::supervise(
             spec,
@@ -195,6 +218,23 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
+    if let Some(target) = &drop_to {
+        // procmond is started with root's capabilities first (or there is
+        // none to start: external mode).
+        if supervisor.is_some() {
+            let _ = started.await;
+        }
+        // The socket (and its directory, which may be a shared one) stays
+        // root's: procmond, root without CAP_DAC_OVERRIDE, connects as its
+        // owner; the listening socket is already open.
+        let owned = privilege::owned_paths(
+            &layout.state_dir,
+            &[layout.procmond_dir(), layout.socket.clone()],
+        );
+        privilege::hand_over(&owned, target)?;
+        unprivileged.store(true, std::sync::atomic::Ordering::Relaxed);
+        privilege::drop_to(target)?;
+    }
     let reconfigure = tokio::spawn(reconfigure::apply_updates(
         updates,
         config.clone(),

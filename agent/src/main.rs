@@ -33,6 +33,10 @@ fn run(args: AgentArgs) -> anyhow::Result<()> {
         };
     }
     let config = loaded.config;
+    // Before any thread starts (it is per thread, and inherited): the agent
+    // never gains privilege through exec. procmond, started as root, keeps
+    // root's capabilities (nothing is gained) and restricts itself.
+    sentineld_agent::privilege::no_new_privs()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -28,6 +28,14 @@ pub(crate) struct Supervised {
     /// procmond's arguments; a new value restarts it with them.
     pub(crate) args: watch::Receiver<Vec<OsString>>,
     pub(crate) stop_timeout: Duration,
+    /// Told once the first procmond has been started (or failed to start):
+    /// the agent drops root after it.
+    pub(crate) started: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Set once the agent has dropped root: a procmond it started again
+    /// could not open its root-owned state, so a dead one is reported, not
+    /// restarted (the service manager restarts the agent, or runs procmond
+    /// itself).
+    pub(crate) unprivileged: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Runs procmond until `shutdown`, restarting it whenever it exits or its
@@ -41,7 +49,11 @@ pub(crate) async fn supervise(
     loop {
         let started = Instant::now();
         let args = spec.args.borrow_and_update().clone();
-        match spawn(&spec.program, &args) {
+        let spawned = spawn(&spec.program, &args);
+        if let Some(started) = spec.started.take() {
+            let _ = started.send(());
+        }
+        match spawned {
             Ok(mut child) => {
                 let pid = child.id();
                 info!(pid, program = %spec.program.display(), "procmond started");
@@ -77,6 +89,15 @@ pub(crate) async fn supervise(
                 error!(program = %spec.program.display(), error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot start procmond");
             }
         }
+        if spec.unprivileged.load(Ordering::Relaxed) {
+            error!(
+                "procmond is gone and this agent, no longer root, cannot start it with its \
+                 privileges: restart sentinelagent, or run procmond as its own service \
+                 (packaging/systemd) with --collector external"
+            );
+            shutdown.cancelled().await;
+            return;
+        }
         stats.collector_restarts.fetch_add(1, Ordering::Relaxed);
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
@@ -109,8 +130,15 @@ async fn stop(child: &mut Child, grace: Duration) {
         let _ = child.kill().await;
         return;
     };
-    if let Err(e) = kill(Pid::from_raw(raw), Signal::SIGTERM) {
-        warn!(pid, error = %e, "cannot send SIGTERM to procmond");
+    match kill(Pid::from_raw(raw), Signal::SIGTERM) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EPERM) => {
+            // The agent dropped root: procmond, started with
+            // --exit-with-parent, stops when the agent exits.
+            info!(pid, "procmond runs as root; it stops when the agent exits");
+            return;
+        }
+        Err(e) => warn!(pid, error = %e, "cannot send SIGTERM to procmond"),
     }
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(Ok(status)) => info!(pid, %status, "procmond stopped"),

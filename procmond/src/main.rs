@@ -39,6 +39,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     procmond::privilege::log(&privileges);
     let config = args.daemon_config();
+    let args_exit_with_parent = args.exit_with_parent;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -50,10 +51,35 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         let terminate = signal(SignalKind::terminate())?;
         let interrupt = signal(SignalKind::interrupt())?;
         tokio::spawn(cancel_on_signal(terminate, interrupt, cancel.clone()));
+        if args_exit_with_parent {
+            tokio::spawn(cancel_when_orphaned(nix::unistd::getppid(), cancel.clone()));
+        }
         procmond::run_daemon(config, cancel).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `cancel` once procmond's parent is gone. The parent-death signal
+/// does not cover it all: the kernel checks it like a kill(2) from the
+/// exiting parent, so an agent that dropped root cannot deliver it to a
+/// root procmond.
+async fn cancel_when_orphaned(parent: nix::unistd::Pid, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        if nix::unistd::getppid() != parent {
+            cancel.cancel();
+            tracing::info!(
+                parent = parent.as_raw(),
+                "the parent process is gone; stopping"
+            );
+            return;
+        }
+    }
 }
 
 /// Cancels `cancel` on SIGTERM or SIGINT.

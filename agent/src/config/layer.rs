@@ -17,7 +17,7 @@ use crate::sinks::config::SinkConfig;
 
 /// Every key, in the order `--print-config` and the docs list them, with
 /// the flag that sets it (`None`: files and environment only).
-pub const KEYS: [(&str, Option<&str>); 16] = [
+pub const KEYS: [(&str, Option<&str>); 18] = [
     ("state_dir", Some("--state-dir")),
     ("socket", Some("--socket")),
     ("scan_interval", Some("--scan-interval")),
@@ -34,6 +34,8 @@ pub const KEYS: [(&str, Option<&str>); 16] = [
     ("metrics_listen", Some("--metrics-listen")),
     ("metrics_allow_remote", Some("--metrics-allow-remote")),
     ("metrics_top_n", Some("--metrics-top-n")),
+    ("user", Some("--user")),
+    ("allow_root", Some("--allow-root")),
 ];
 
 /// The flag that sets `key`, if any.
@@ -107,6 +109,10 @@ pub struct Layer {
         deserialize_with = "metrics_top_n"
     )]
     pub metrics_top_n: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_root: Option<bool>,
 }
 
 /// `Some(d)` as `"1s"`, `"250ms"`: the form files use.
@@ -304,6 +310,8 @@ mod tests {
             metrics_listen = "off"
             metrics_allow_remote = false
             metrics_top_n = 7
+            user = "sentineld"
+            allow_root = false
             [[sinks]]
             kind = "stdout"
             "#,
@@ -317,6 +325,8 @@ mod tests {
         assert_eq!(layer.metrics_listen.as_deref(), Some("off"));
         assert_eq!(layer.collector_uids, Some(vec![0, 998]));
         assert_eq!(layer.max_pending_records, Some(500));
+        assert_eq!(layer.user.as_deref(), Some("sentineld"));
+        assert_eq!(layer.allow_root, Some(false));
         // Every key of KEYS is a field: serialized back, all are there.
         let json = serde_json::to_value(&layer).unwrap();
         for (key, _) in KEYS {

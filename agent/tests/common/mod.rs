@@ -111,10 +111,13 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::
 /// `sentinelagent`, reading no configuration from the machine or the
 /// person running the tests: no `SENTINELD_*` variable is inherited, and
 /// the system and user configuration directories point at a directory
-/// that does not exist.
+/// that does not exist. Run as root it stays root (`SENTINELD_ALLOW_ROOT`),
+/// so it can read the tests' root-only temp directories; the drop itself
+/// is tested in `privilege.rs`.
 pub fn agent_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sentinelagent"));
     isolate_config(&mut command);
+    command.env("SENTINELD_ALLOW_ROOT", "true");
     command
 }
 
