@@ -400,6 +400,7 @@ impl Detector {
     fn on_batch(&mut self, committed: Committed) {
         let Committed { boot_id, batch } = committed;
         let (last_chunk, duration_us) = (batch.last_chunk, batch.duration_us);
+        let wal_bytes = batch.stats.as_ref().map(|s| s.wal_bytes);
         if batch.snapshot && batch.chunk == 0 {
             // A new session: what was live may have exited meanwhile.
             self.live.retain(|_, l| l.boot_id == boot_id);
@@ -461,12 +462,12 @@ impl Detector {
             self.evaluate(&sampled, Which::OnSamples);
         }
         if last_chunk {
-            self.publish(duration_us);
+            self.publish(duration_us, wal_bytes.unwrap_or(0));
         }
     }
 
     /// Publishes the live process table for the HTTP endpoint.
-    fn publish(&self, duration_us: u64) {
+    fn publish(&self, duration_us: u64, wal_bytes: u64) {
         let rows = self
             .live
             .values()
@@ -491,7 +492,7 @@ impl Detector {
                 (row, live.start_time())
             })
             .collect();
-        self.state.publish_scan(rows, duration_us);
+        self.state.publish_scan(rows, duration_us, wal_bytes);
     }
 
     /// Evaluates the rule set on the live instances `pids`, stores new

@@ -24,6 +24,8 @@ use crate::store::StoreReader;
 struct Published {
     processes: Arc<Vec<ProcessRow>>,
     last_scan_at: Option<Instant>,
+    /// procmond's write-ahead log size as of its last scan.
+    wal_bytes: u64,
     scan_durations: BucketHistogram,
     rule_eval: BucketHistogram,
     spikes: SpikeTracker,
@@ -47,6 +49,7 @@ impl AgentState {
             published: Mutex::new(Published {
                 processes: Arc::new(Vec::new()),
                 last_scan_at: None,
+                wal_bytes: 0,
                 scan_durations: BucketHistogram::new(SCAN_DURATION_BUCKETS),
                 rule_eval: BucketHistogram::new(RULE_EVAL_BUCKETS),
                 spikes: SpikeTracker::default(),
@@ -63,8 +66,14 @@ impl AgentState {
     }
 
     /// Publishes the live processes at the end of a scan: `rows` with each
-    /// one's start time (unix seconds, for the CPU-spike tracker).
-    pub(crate) fn publish_scan(&self, rows: Vec<(ProcessRow, i64)>, duration_us: u64) {
+    /// one's start time (unix seconds, for the CPU-spike tracker), and the
+    /// size of procmond's write-ahead log the scan reported.
+    pub(crate) fn publish_scan(
+        &self,
+        rows: Vec<(ProcessRow, i64)>,
+        duration_us: u64,
+        wal_bytes: u64,
+    ) {
         let now = Instant::now();
         let mut p = self.published();
         for (row, start) in &rows {
@@ -78,6 +87,7 @@ impl AgentState {
         p.spikes.finish_scan();
         p.scan_durations.observe(duration_us as f64 / 1e6);
         p.last_scan_at = Some(now);
+        p.wal_bytes = wal_bytes;
         p.processes = Arc::new(rows.into_iter().map(|(row, _)| row).collect());
     }
 
@@ -162,8 +172,8 @@ impl StateSource for AgentState {
                 sink_states,
                 rule_eval_seconds: p.rule_eval.clone(),
                 scan_duration_seconds: p.scan_durations.clone(),
-                // procmond does not report these to the agent yet.
-                wal_bytes: 0,
+                wal_bytes: p.wal_bytes,
+                // procmond does not report this to the agent yet.
                 missing_capabilities: Vec::new(),
                 store_bytes,
                 agent_cpu_seconds,
