@@ -166,9 +166,10 @@ fn cpu_usage_agrees() {
     let p = find(&collect(&mut portable), pid).cpu_percent;
     let _ = spinner.0.kill();
     // Both measured over (about) the same half second, on a shared
-    // machine: each is somewhere between none and one core.
+    // machine: each is somewhere between none and one core (give or take
+    // the jitter of when each read its clock and the process's ticks).
     for cpu in [f, p] {
-        assert!((0.0..=100.5).contains(&cpu), "{f} {p}");
+        assert!((0.0..=110.0).contains(&cpu), "{f} {p}");
     }
     assert!(f > 0.0 && p > 0.0, "{f} {p}");
 }
