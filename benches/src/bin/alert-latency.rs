@@ -20,15 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let runs: usize = args.next().map_or(Ok(20), |a| a.parse())?;
     let interval = args.next().unwrap_or_else(|| "1s".to_owned());
-    let exe = std::env::current_exe()?;
-    let agent_bin = exe.with_file_name("sentinelagent");
-    if !agent_bin.is_file() {
-        return Err(format!(
-            "{} not found: run `cargo build --release --workspace` first",
-            agent_bin.display()
-        )
-        .into());
-    }
+    let agent_bin = sentineld_benches::sibling_binary("sentinelagent")?;
     let dir = tempfile::tempdir()?;
     let mut agent = Command::new(&agent_bin)
         .args(["--metrics-listen", "off"])
@@ -80,14 +72,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             None => eprintln!("run {run}: no alert within 30 s"),
         }
     }
-    nix_term(agent.id());
+    sentineld_benches::terminate(agent.id());
     let _ = agent.wait();
 
     latencies.sort();
-    let pick = |q: f64| {
-        let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
-        latencies.get(i).copied().unwrap_or_default()
-    };
+    let pick = |q: f64| sentineld_benches::quantile(&latencies, q);
     println!(
         "alert latency over {} runs at scan interval {interval}: min {:?}  p50 {:?}  p99 {:?}  max {:?}",
         latencies.len(),
@@ -97,10 +86,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pick(1.0)
     );
     Ok(())
-}
-
-fn nix_term(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
 }
