@@ -62,6 +62,11 @@ pub enum AgentError {
     Rules(#[from] detect::LoadError),
     #[error(transparent)]
     Privilege(#[from] privilege::PrivilegeError),
+    #[error(
+        "the socket's directory {dir} is writable by every user, who could replace the socket: \
+         put it in a directory only the agent can write (the default is in the state directory)"
+    )]
+    SocketDirWorldWritable { dir: PathBuf },
     #[error("cannot start the alert sinks: {0}")]
     Sinks(#[from] sinks::delivery::BuildError),
     #[error(
@@ -83,6 +88,25 @@ fn create_private_dir(path: &Path) -> Result<(), AgentError> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// A socket in a directory anyone may write (`/tmp`) can be removed and
+/// replaced by anyone: refused, whatever the sticky bit says.
+fn refuse_world_writable(dir: &Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir)
+        .map_err(|source| AgentError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o002 != 0 {
+        return Err(AgentError::SocketDirWorldWritable {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 fn listen(path: &Path) -> Result<LocalSocketListener, AgentError> {
@@ -134,6 +158,7 @@ pub async fn run(
     let _lock = StateLock::acquire(&layout.lock())?;
     if let Some(dir) = layout.socket.parent() {
         create_private_dir(dir)?;
+        refuse_world_writable(dir)?;
     }
     let rules = detect::load(&config.rules)?;
     info!(

@@ -191,3 +191,28 @@ fn a_missing_user_is_a_clear_error() {
     // Nothing was started: no procmond state.
     assert!(!state.path().join("procmond").exists(), "{err}");
 }
+
+#[test]
+fn a_socket_in_a_world_writable_directory_is_refused() {
+    let state = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut child = agent_command()
+        .args(["--metrics-listen", "off"])
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--socket")
+        .arg(shared.path().join("agent.sock"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_timeout(&mut child, Duration::from_secs(20)).expect("the agent exits");
+    assert_eq!(status.code(), Some(2));
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("writable by every user"), "{err}");
+    assert!(err.contains(&shared.path().display().to_string()), "{err}");
+    assert!(!shared.path().join("agent.sock").exists());
+}
