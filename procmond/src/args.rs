@@ -66,6 +66,10 @@ pub struct Args {
     /// turns port discovery off.
     #[arg(long, value_name = "DURATION|off", default_value = "50ms", value_parser = parse_budget)]
     pub port_budget: Duration,
+    /// Look for listening ports at every Nth scan (and at every snapshot);
+    /// the scans between keep the ports found last. 1: every scan.
+    #[arg(long, value_name = "N", default_value_t = crate::enrich::DEFAULT_PORT_EVERY, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub port_every: u32,
     /// Stop when the parent process exits (used by sentinelagent when it
     /// supervises procmond).
     #[arg(long)]
@@ -108,6 +112,7 @@ impl Args {
             hash_rate: self.hash_rate_limit,
             collector: self.collector,
             port_budget: self.port_budget,
+            port_every: self.port_every,
             ..ScanConfig::default()
         }
     }

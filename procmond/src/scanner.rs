@@ -43,6 +43,10 @@ pub struct ScanConfig {
     pub collector: crate::collect::CollectorKind,
     /// Longest one scan spends finding listening ports; zero reads none.
     pub port_budget: Duration,
+    /// Listening ports are looked for at every Nth scan (and at every
+    /// snapshot); the scans between keep the ports found last. Reading every
+    /// process's descriptors is most of a steady-state scan's cost.
+    pub port_every: u32,
 }
 
 impl Default for ScanConfig {
@@ -55,6 +59,7 @@ impl Default for ScanConfig {
             hash_rate: hash::DEFAULT_HASH_RATE,
             collector: crate::collect::CollectorKind::Auto,
             port_budget: crate::enrich::DEFAULT_PORT_BUDGET,
+            port_every: crate::enrich::DEFAULT_PORT_EVERY,
         }
     }
 }
@@ -166,7 +171,9 @@ impl<C: Collector> Scanner<C> {
                 new_record(o, all, &*collector, hasher, users, &mut new_pending)
             })
         };
-        let ports = self.enrich(&observed);
+        let every = u64::from(self.config.port_every.max(1));
+        let ports_due = snapshot || (self.scan_seq - 1) % every == 0;
+        let ports = self.enrich(&observed, ports_due);
         self.observed = observed;
 
         for key in &changes.exited {
@@ -239,10 +246,10 @@ impl<C: Collector> Scanner<C> {
     }
 
     /// Sets the enrichment fields of every live instance's sample: open
-    /// descriptors, and listening ports within the time budget (those the
-    /// budget does not reach keep their last ports). Kernel threads have
-    /// neither.
-    fn enrich(&mut self, observed: &[Observed]) -> PortStats {
+    /// descriptors, and, when `ports_due`, listening ports within the time
+    /// budget (those the budget does not reach, and every process in the
+    /// scans between, keep their last ports). Kernel threads have neither.
+    fn enrich(&mut self, observed: &[Observed], ports_due: bool) -> PortStats {
         let Scanner {
             enricher,
             tracker,
@@ -259,6 +266,9 @@ impl<C: Collector> Scanner<C> {
                 port_targets.push(key);
                 port_pids.push(o.pid);
             }
+        }
+        if !ports_due {
+            return PortStats::default();
         }
         enricher.listening_ports(port_pids, |i, ports| {
             if let Some(sample) = port_targets

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | container id ([`cgroup`]) | once per instance | one read of `/proc/PID/cgroup`, at most [`cgroup::MAX_CGROUP_BYTES`] |
 //! | open file descriptors ([`fds`]) | every scan, every process | one `stat` of `/proc/PID/fd` (Linux 6.2+), else one directory listing |
-//! | listening ports ([`ports`]) | every scan, within a time budget | the socket tables once per scan and network namespace, then one `readlink` per descriptor |
+//! | listening ports ([`ports`]) | every `--port-every`th scan (default 5) and every snapshot, within a time budget | the socket tables once per pass and network namespace, then one `readlink` per descriptor |
 //!
 //! User names come from the cached passwd lookup in `users.rs`.
 //!
@@ -29,6 +29,10 @@ pub const PROC: &str = "/proc";
 
 /// Default time one scan may spend finding listening ports.
 pub const DEFAULT_PORT_BUDGET: Duration = Duration::from_millis(50);
+
+/// By default listening ports are looked for at every 5th scan (and every
+/// snapshot): a new listener shows within 5 scan intervals.
+pub const DEFAULT_PORT_EVERY: u32 = 5;
 
 /// The per-scan enrichment of processes, with its buffers.
 #[derive(Debug)]
