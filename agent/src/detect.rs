@@ -400,7 +400,12 @@ impl Detector {
     fn on_batch(&mut self, committed: Committed) {
         let Committed { boot_id, batch } = committed;
         let (last_chunk, duration_us) = (batch.last_chunk, batch.duration_us);
-        let wal_bytes = batch.stats.as_ref().map(|s| s.wal_bytes);
+        let collector = batch.stats.as_ref().map(|s| crate::observe::CollectorSelf {
+            wal_bytes: s.wal_bytes,
+            cpu_seconds: s.self_cpu_seconds,
+            rss_bytes: s.self_rss_bytes,
+            missing_capabilities: s.missing_capabilities.clone(),
+        });
         if batch.snapshot && batch.chunk == 0 {
             // A new session: what was live may have exited meanwhile.
             self.live.retain(|_, l| l.boot_id == boot_id);
@@ -462,12 +467,12 @@ impl Detector {
             self.evaluate(&sampled, Which::OnSamples);
         }
         if last_chunk {
-            self.publish(duration_us, wal_bytes.unwrap_or(0));
+            self.publish(duration_us, collector.unwrap_or_default());
         }
     }
 
     /// Publishes the live process table for the HTTP endpoint.
-    fn publish(&self, duration_us: u64, wal_bytes: u64) {
+    fn publish(&self, duration_us: u64, collector: crate::observe::CollectorSelf) {
         let rows = self
             .live
             .values()
@@ -492,7 +497,7 @@ impl Detector {
                 (row, live.start_time())
             })
             .collect();
-        self.state.publish_scan(rows, duration_us, wal_bytes);
+        self.state.publish_scan(rows, duration_us, collector);
     }
 
     /// Evaluates the rule set on the live instances `pids`, stores new

@@ -19,13 +19,22 @@ use crate::sinks::{BreakerState, Dispatcher};
 use crate::stats::{AgentStats, RejectReason};
 use crate::store::StoreReader;
 
+/// What procmond reports of itself with each scan (its last chunk's stats).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CollectorSelf {
+    pub wal_bytes: u64,
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    pub missing_capabilities: Vec<String>,
+}
+
 /// What the detection thread publishes.
 #[derive(Debug)]
 struct Published {
     processes: Arc<Vec<ProcessRow>>,
     last_scan_at: Option<Instant>,
-    /// procmond's write-ahead log size as of its last scan.
-    wal_bytes: u64,
+    /// What procmond said of itself in its last scan.
+    collector: Option<CollectorSelf>,
     scan_durations: BucketHistogram,
     rule_eval: BucketHistogram,
     spikes: SpikeTracker,
@@ -49,7 +58,7 @@ impl AgentState {
             published: Mutex::new(Published {
                 processes: Arc::new(Vec::new()),
                 last_scan_at: None,
-                wal_bytes: 0,
+                collector: None,
                 scan_durations: BucketHistogram::new(SCAN_DURATION_BUCKETS),
                 rule_eval: BucketHistogram::new(RULE_EVAL_BUCKETS),
                 spikes: SpikeTracker::default(),
@@ -66,13 +75,13 @@ impl AgentState {
     }
 
     /// Publishes the live processes at the end of a scan: `rows` with each
-    /// one's start time (unix seconds, for the CPU-spike tracker), and the
-    /// size of procmond's write-ahead log the scan reported.
+    /// one's start time (unix seconds, for the CPU-spike tracker), and what
+    /// procmond reported of itself with the scan.
     pub(crate) fn publish_scan(
         &self,
         rows: Vec<(ProcessRow, i64)>,
         duration_us: u64,
-        wal_bytes: u64,
+        collector: CollectorSelf,
     ) {
         let now = Instant::now();
         let mut p = self.published();
@@ -87,7 +96,7 @@ impl AgentState {
         p.spikes.finish_scan();
         p.scan_durations.observe(duration_us as f64 / 1e6);
         p.last_scan_at = Some(now);
-        p.wal_bytes = wal_bytes;
+        p.collector = Some(collector);
         p.processes = Arc::new(rows.into_iter().map(|(row, _)| row).collect());
     }
 
@@ -105,35 +114,6 @@ fn breaker_name(state: BreakerState) -> &'static str {
     }
 }
 
-/// This process's CPU seconds and resident bytes, from `/proc/self`.
-fn own_usage() -> (f64, u64) {
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .filter(|t| *t > 0)
-        .map_or(100.0, |t| t as f64);
-    let cpu = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            // After the name: state is field 3, utime 14, stime 15.
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
-        .unwrap_or(0.0);
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .map_or(4096, |p| u64::try_from(p).unwrap_or(4096));
-    let rss = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * page);
-    (cpu, rss)
-}
-
 impl StateSource for AgentState {
     fn snapshot(&self) -> Arc<Snapshot> {
         use std::sync::atomic::Ordering::Relaxed;
@@ -148,7 +128,7 @@ impl StateSource for AgentState {
             deliveries.push((sink.sink.clone(), "dropped", sink.dropped));
             sink_states.push((sink.sink.clone(), breaker_name(sink.breaker)));
         }
-        let (agent_cpu_seconds, agent_rss_bytes) = own_usage();
+        let (agent_cpu_seconds, agent_rss_bytes) = sentineld_common::host::own_usage();
         let store_bytes = std::fs::metadata(self.reader.path()).map_or(0, |m| m.len());
         let p = self.published();
         Arc::new(Snapshot {
@@ -172,14 +152,17 @@ impl StateSource for AgentState {
                 sink_states,
                 rule_eval_seconds: p.rule_eval.clone(),
                 scan_duration_seconds: p.scan_durations.clone(),
-                wal_bytes: p.wal_bytes,
-                // procmond does not report this to the agent yet.
-                missing_capabilities: Vec::new(),
+                wal_bytes: p.collector.as_ref().map_or(0, |c| c.wal_bytes),
+                missing_capabilities: p
+                    .collector
+                    .as_ref()
+                    .map(|c| c.missing_capabilities.clone())
+                    .unwrap_or_default(),
                 store_bytes,
                 agent_cpu_seconds,
                 agent_rss_bytes,
-                collector_cpu_seconds: None,
-                collector_rss_bytes: None,
+                collector_cpu_seconds: p.collector.as_ref().map(|c| c.cpu_seconds),
+                collector_rss_bytes: p.collector.as_ref().map(|c| c.rss_bytes),
             },
             processes: Arc::clone(&p.processes),
             cpu_spike_seconds: p.spikes.histogram().clone(),

@@ -91,6 +91,33 @@ fn metrics_health_and_process_api_answer_while_the_agent_runs() {
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
+    // procmond reports itself with each scan: its memory, its WAL, and the
+    // capabilities it lacks (none as root, both otherwise).
+    let value = |name: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let rss = value("sentineld_collector_resident_memory_bytes").expect("procmond's RSS");
+    assert!(rss > 1_000_000.0, "procmond's RSS: {rss}");
+    assert!(
+        value("sentineld_collector_cpu_seconds_total").is_some(),
+        "{metrics}"
+    );
+    assert!(value("sentineld_wal_bytes").is_some(), "{metrics}");
+    let missing = metrics
+        .lines()
+        .filter(|l| l.starts_with("sentineld_missing_capability{"))
+        .count();
+    let root = nix::unistd::geteuid().is_root();
+    assert_eq!(missing, if root { 0 } else { 2 }, "{metrics}");
+    let healthz: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(
+        healthz["missing_capabilities"].as_array().map(Vec::len),
+        Some(if root { 0 } else { 2 }),
+        "{health}"
+    );
+
     let per_process = metrics
         .lines()
         .filter(|l| l.starts_with("sentineld_process_threads{"))

@@ -196,6 +196,10 @@ impl ScanOutput {
             scan.stats.wal_samples_dropped = stats.samples_dropped;
             scan.stats.wal_chunks_dropped = stats.batches_dropped;
         }
+        let (cpu_seconds, rss_bytes) = sentineld_common::host::own_usage();
+        scan.stats.self_cpu_seconds = cpu_seconds;
+        scan.stats.self_rss_bytes = rss_bytes;
+        scan.stats.missing_capabilities = crate::privilege::missing_now();
         let batches = scan.into_batches(chunk_records);
         if let Err(e) = self.ledger.append_scan(self.boot_id, &batches) {
             error!(scan_seq, error = %e, "cannot append the scan to the audit ledger");

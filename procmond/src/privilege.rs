@@ -40,6 +40,16 @@ pub struct PrivilegeReport {
     pub failures: Vec<String>,
 }
 
+/// The capabilities of [`NEEDED`] this thread does not have in its
+/// effective set now (all of them where capabilities cannot be read).
+pub fn missing_now() -> Vec<String> {
+    let needed: CapsHashSet = NEEDED.into_iter().collect();
+    match caps::read(None, CapSet::Effective) {
+        Ok(effective) => names(&needed.difference(&effective).copied().collect()),
+        Err(_) => names(&needed),
+    }
+}
+
 fn names(set: &CapsHashSet) -> Vec<String> {
     let mut out: Vec<String> = set.iter().map(ToString::to_string).collect();
     out.sort();

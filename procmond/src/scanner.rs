@@ -172,7 +172,7 @@ impl<C: Collector> Scanner<C> {
             })
         };
         let every = u64::from(self.config.port_every.max(1));
-        let ports_due = snapshot || (self.scan_seq - 1) % every == 0;
+        let ports_due = snapshot || (self.scan_seq - 1).is_multiple_of(every);
         let ports = self.enrich(&observed, ports_due);
         self.observed = observed;
 

@@ -93,7 +93,7 @@ impl ScanDigest {
             snapshot: batch.snapshot,
             duration_us: batch.duration_us,
             process_count: batch.process_count,
-            stats: batch.stats,
+            stats: batch.stats.clone(),
             ..ScanBatch::default()
         });
     }

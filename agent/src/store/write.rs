@@ -524,7 +524,7 @@ impl Store {
                         updated: total.updated,
                         samples: total.samples,
                         skipped: total.skipped,
-                        stats: batch.stats,
+                        stats: batch.stats.clone(),
                         digest: digest.map(Vec::from).unwrap_or_default(),
                         samples_dropped: total.samples_dropped,
                         chunks_sent: batch.chunk.saturating_add(1),
