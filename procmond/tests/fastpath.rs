@@ -42,6 +42,21 @@ fn both_collectors_report_the_same_records() {
     ];
     let me = std::process::id();
     let mut pids: Vec<u32> = children.iter().map(|c| c.0.id()).collect();
+    // Each child asleep before the two reads, so both see the same state
+    // (a child just exec'd is still running its start-up).
+    for &pid in &pids {
+        let asleep = (0..400).any(|_| {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| Some(s.rsplit_once(") ")?.1.starts_with('S')));
+            if state == Some(true) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            false
+        });
+        assert!(asleep, "pid {pid} never went to sleep");
+    }
     pids.push(me);
 
     let mut fast = ProcfsCollector::new().expect("/proc");
