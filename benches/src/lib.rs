@@ -46,3 +46,64 @@ pub fn quantile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
 pub fn millis(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
+
+/// Synthetic records the benches and load tools share: one service
+/// process's instance, sample and full record, by pid.
+pub mod synthetic {
+    use sentineld_proto::v1::{ExeInfo, HashStatus, InstanceRef, ProcessRecord, Sample};
+
+    /// The instance of `pid` (one start time for all).
+    pub fn instance(pid: u32) -> InstanceRef {
+        InstanceRef {
+            pid,
+            start_time: 1_789_000_000,
+        }
+    }
+
+    /// A sample of `pid` whose CPU figure moves with `tick`.
+    pub fn sample(pid: u32, tick: u64) -> Sample {
+        Sample {
+            instance: Some(instance(pid)),
+            cpu_percent: (tick % 100) as f32 / 10.0,
+            rss_bytes: 24_000_000 + u64::from(pid) * 4096,
+            vms_bytes: 1_200_000_000,
+            threads: 8,
+            open_fds: Some(42),
+            status: "S".into(),
+            listening_ports: Vec::new(),
+        }
+    }
+
+    /// A record about the size of a real service process (~300 bytes encoded).
+    pub fn record(pid: u32) -> ProcessRecord {
+        ProcessRecord {
+            instance: Some(instance(pid)),
+            ppid: 1,
+            name: "postgres".into(),
+            exe: "/usr/lib/postgresql/16/bin/postgres".into(),
+            cmdline: vec![
+                "/usr/lib/postgresql/16/bin/postgres".into(),
+                "-D".into(),
+                "/var/lib/postgresql/16/main".into(),
+                "-c".into(),
+                "config_file=/etc/postgresql/16/main/postgresql.conf".into(),
+                format!("--worker-id={pid}"),
+            ],
+            uid: Some(114),
+            user: "postgres".into(),
+            exe_info: Some(ExeInfo {
+                sha256: vec![0xc3; 32],
+                hash_status: HashStatus::Ok as i32,
+                hash_error: String::new(),
+                size: 9_876_543,
+                inode: 1_573_210,
+                device: 2049,
+                mtime: 1_780_000_000,
+                deleted: false,
+            }),
+            container_id: String::new(),
+            parent_start_time: 1_788_999_000,
+            sample: Some(sample(pid, 0)),
+        }
+    }
+}

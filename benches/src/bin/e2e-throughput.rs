@@ -24,11 +24,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use sentineld_benches::synthetic::{record, sample};
 use sentineld_benches::{sibling_binary, terminate};
 use sentineld_proto::codec;
-use sentineld_proto::v1::{
-    Envelope, Handshake, InstanceRef, ProcessRecord, Role, Sample, ScanBatch, envelope::Body,
-};
+use sentineld_proto::v1::{Envelope, Handshake, Role, ScanBatch, envelope::Body};
 use sentineld_proto::{MAX_FRAME_LEN, PROTOCOL_MAJOR};
 
 const T0: i64 = 1_790_000_000_000;
@@ -40,44 +39,6 @@ struct Progress {
     granted: u64,
     acked_records: u64,
     closed: bool,
-}
-
-fn instance(pid: u32) -> InstanceRef {
-    InstanceRef {
-        pid,
-        start_time: 1_789_000_000,
-    }
-}
-
-fn sample(pid: u32, tick: u64) -> Sample {
-    Sample {
-        instance: Some(instance(pid)),
-        cpu_percent: (tick % 100) as f32 / 10.0,
-        rss_bytes: 24_000_000 + u64::from(pid) * 4096,
-        vms_bytes: 1_200_000_000,
-        threads: 8,
-        open_fds: Some(42),
-        status: "S".into(),
-        ..Sample::default()
-    }
-}
-
-fn record(pid: u32) -> ProcessRecord {
-    ProcessRecord {
-        instance: Some(instance(pid)),
-        ppid: 1,
-        name: "postgres".into(),
-        exe: "/usr/lib/postgresql/16/bin/postgres".into(),
-        cmdline: vec![
-            "/usr/lib/postgresql/16/bin/postgres".into(),
-            "-D".into(),
-            "/var/lib/postgresql/16/main".into(),
-        ],
-        uid: Some(114),
-        user: "postgres".into(),
-        sample: Some(sample(pid, 0)),
-        ..ProcessRecord::default()
-    }
 }
 
 fn frame(sequence: u64, body: Body) -> Vec<u8> {
