@@ -100,6 +100,12 @@ pub struct AgentArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_pending_records: Option<u64>,
 
+    /// Days the store keeps samples, exited processes and scans; older ones
+    /// are removed in the background (every hour, and when a reload
+    /// changes this). 0 keeps everything. Default: 30.
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    pub retention_days: Option<u32>,
+
     /// Directory of rule files (*.yaml, *.yml, *.toml), watched for changes.
     /// Default: /etc/sentineld/rules.d as root, else
     /// $XDG_CONFIG_HOME/sentineld/rules.d.
@@ -169,6 +175,7 @@ impl AgentArgs {
             max_connections: self.max_connections,
             collector_uids: (!self.collector_uids.is_empty()).then(|| self.collector_uids.clone()),
             max_pending_records: self.max_pending_records,
+            retention_days: self.retention_days,
             rules_dir: self.rules_dir.clone(),
             no_builtin_rules: self.no_builtin_rules.then_some(true),
             hash_deny_list: self.hash_deny_list.clone(),
@@ -192,6 +199,7 @@ fn defaults() -> Layer {
         collector: Some(CollectorMode::Standalone),
         max_connections: Some(DEFAULT_MAX_CONNECTIONS),
         max_pending_records: Some(crate::server::DEFAULT_PENDING_RECORDS),
+        retention_days: Some(crate::retention::DEFAULT_RETENTION_DAYS),
         no_builtin_rules: Some(false),
         alert_sinks: Some(Vec::new()),
         sinks: Some(Vec::new()),
@@ -248,6 +256,8 @@ pub struct AgentConfig {
     pub collector_uids: Vec<u32>,
     /// The credit granted to the collector, in records.
     pub max_pending_records: u64,
+    /// Days the store keeps what is no longer live; 0 keeps everything.
+    pub retention_days: u32,
     /// How long a new connection may take to send its handshake.
     pub handshake_timeout: Duration,
     /// How long shutdown waits for procmond to exit before killing it.
@@ -274,6 +284,9 @@ pub struct Changes {
     /// The scan interval differs: the supervised procmond can be restarted
     /// with it (standalone mode).
     pub scan_interval: bool,
+    /// The retention period differs: applied at once (a retention pass
+    /// runs with it).
+    pub retention_days: bool,
     /// Keys whose new value takes effect only when the agent restarts.
     pub need_restart: Vec<&'static str>,
 }
@@ -313,6 +326,7 @@ impl AgentConfig {
         Changes {
             sinks: self.sinks != new.sinks,
             scan_interval: self.scan_interval != new.scan_interval,
+            retention_days: self.retention_days != new.retention_days,
             need_restart,
         }
     }
@@ -618,6 +632,9 @@ fn resolve(merged: &Layer, figment: &Figment) -> Result<AgentConfig, ConfigError
         max_pending_records: merged
             .max_pending_records
             .unwrap_or(crate::server::DEFAULT_PENDING_RECORDS),
+        retention_days: merged
+            .retention_days
+            .unwrap_or(crate::retention::DEFAULT_RETENTION_DAYS),
         handshake_timeout: Duration::from_secs(5),
         stop_timeout: Duration::from_secs(5),
         rules: RuleSources {

@@ -12,6 +12,7 @@ pub mod lockfile;
 pub mod observe;
 pub mod privilege;
 pub mod reconfigure;
+pub mod retention;
 pub mod rules;
 pub(crate) mod server;
 pub mod sinks;
@@ -206,6 +207,13 @@ pub async fn run(
         state,
     )
     .map_err(AgentError::Thread)?;
+    let (retention_days, retention_rx) = tokio::sync::watch::channel(config.retention_days);
+    let retention = tokio::spawn(retention::run(
+        store.pruner(),
+        retention_rx,
+        Arc::clone(&stats),
+        shutdown.clone(),
+    ));
     let (ingest, writer) =
         ingest::spawn(store, Arc::clone(&stats), Some(detect)).map_err(AgentError::Thread)?;
     let listener = listen(&layout.socket)?;
@@ -266,6 +274,7 @@ pub async fn run(
         reconfigure::Targets {
             dispatcher: sinks,
             procmond_args: procmond_args_tx,
+            retention_days,
         },
         shutdown.clone(),
     ));
@@ -294,6 +303,7 @@ pub async fn run(
     if let Some(http) = http {
         let _ = http.await;
     }
+    let _ = retention.await;
     // Every handle is gone once the server returned: the writer drains and
     // ends, then the detector (its last sender gone) stores the sinks' last
     // delivery records and ends.

@@ -137,6 +137,12 @@ impl StateSource for AgentState {
                 batches_stored: s.batches_stored.load(Relaxed),
                 scans_stored: s.scans_stored.load(Relaxed),
                 store_errors: s.store_errors.load(Relaxed),
+                retention_passes: s.retention_passes.load(Relaxed),
+                retention_pruned: vec![
+                    ("samples", s.retention_pruned_samples.load(Relaxed)),
+                    ("instances", s.retention_pruned_instances.load(Relaxed)),
+                    ("scans", s.retention_pruned_scans.load(Relaxed)),
+                ],
                 collector_restarts: s.collector_restarts.load(Relaxed),
                 collector_connected: s.collector_connected.load(Relaxed),
                 last_scan_at: p.last_scan_at,

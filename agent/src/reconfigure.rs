@@ -1,6 +1,7 @@
 //! Applying a configuration read again at run time (SIGHUP): the alert
 //! sinks are replaced, the supervised procmond is restarted with a new scan
-//! interval, and every other change is logged as waiting for a restart.
+//! interval, a new retention period runs a retention pass at once, and
+//! every other change is logged as waiting for a restart.
 
 use std::ffi::OsString;
 
@@ -21,6 +22,8 @@ pub(crate) struct Targets {
     /// The supervised procmond's arguments (standalone mode); a new value
     /// restarts it.
     pub(crate) procmond_args: Option<watch::Sender<Vec<OsString>>>,
+    /// The retention period; a new value runs a retention pass with it.
+    pub(crate) retention_days: watch::Sender<u32>,
 }
 
 /// Applies each configuration from `updates` until `shutdown`.
@@ -77,6 +80,14 @@ async fn apply(running: &mut AgentConfig, new: &AgentConfig, targets: &Targets) 
                  restart it with --scan-interval {interval}"
             ),
         }
+    }
+    if changes.retention_days {
+        running.retention_days = new.retention_days;
+        targets.retention_days.send_replace(new.retention_days);
+        info!(
+            retention_days = new.retention_days,
+            "retention period changed; applying it now"
+        );
     }
     if !changes.need_restart.is_empty() {
         warn!(

@@ -97,6 +97,12 @@ pub struct AgentStats {
     pub rule_eval_runs: AtomicU64,
     pub rule_eval_records: AtomicU64,
     pub rule_eval_nanos: AtomicU64,
+    /// Retention: passes finished, what they removed, passes that failed.
+    pub retention_passes: AtomicU64,
+    pub retention_pruned_samples: AtomicU64,
+    pub retention_pruned_instances: AtomicU64,
+    pub retention_pruned_scans: AtomicU64,
+    pub retention_failures: AtomicU64,
 }
 
 impl AgentStats {

@@ -17,7 +17,7 @@ use crate::sinks::config::SinkConfig;
 
 /// Every key, in the order `--print-config` and the docs list them, with
 /// the flag that sets it (`None`: files and environment only).
-pub const KEYS: [(&str, Option<&str>); 18] = [
+pub const KEYS: [(&str, Option<&str>); 19] = [
     ("state_dir", Some("--state-dir")),
     ("socket", Some("--socket")),
     ("scan_interval", Some("--scan-interval")),
@@ -26,6 +26,7 @@ pub const KEYS: [(&str, Option<&str>); 18] = [
     ("max_connections", Some("--max-connections")),
     ("collector_uids", Some("--collector-uid")),
     ("max_pending_records", Some("--max-pending-records")),
+    ("retention_days", Some("--retention-days")),
     ("rules_dir", Some("--rules-dir")),
     ("no_builtin_rules", Some("--no-builtin-rules")),
     ("hash_deny_list", Some("--hash-deny-list")),
@@ -47,6 +48,8 @@ pub fn flag_of(key: &str) -> Option<&'static str> {
 pub const MAX_CONNECTIONS: (u64, u64) = (1, 1024);
 pub const METRICS_TOP_N: (u64, u64) = (1, 10_000);
 pub const MAX_PENDING_RECORDS: (u64, u64) = (1, 10_000_000);
+/// 0 keeps everything; at most 100 years.
+pub const RETENTION_DAYS: (u64, u64) = (0, 36_500);
 
 /// One source's settings. `None` is "this source does not say".
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -81,6 +84,12 @@ pub struct Layer {
         deserialize_with = "max_pending_records"
     )]
     pub max_pending_records: Option<u64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "retention_days"
+    )]
+    pub retention_days: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -224,6 +233,10 @@ fn metrics_top_n<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Erro
     bounded_u32(d, METRICS_TOP_N)
 }
 
+fn retention_days<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    bounded_u32(d, RETENTION_DAYS)
+}
+
 fn max_pending_records<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     optional(d, Bounded(MAX_PENDING_RECORDS.0, MAX_PENDING_RECORDS.1))
 }
@@ -303,6 +316,7 @@ mod tests {
             max_connections = 4
             collector_uids = [0, 998]
             max_pending_records = 500
+            retention_days = 7
             rules_dir = "/etc/r"
             no_builtin_rules = true
             hash_deny_list = "/etc/deny"
@@ -325,6 +339,7 @@ mod tests {
         assert_eq!(layer.metrics_listen.as_deref(), Some("off"));
         assert_eq!(layer.collector_uids, Some(vec![0, 998]));
         assert_eq!(layer.max_pending_records, Some(500));
+        assert_eq!(layer.retention_days, Some(7));
         assert_eq!(layer.user.as_deref(), Some("sentineld"));
         assert_eq!(layer.allow_root, Some(false));
         // Every key of KEYS is a field: serialized back, all are there.
@@ -343,6 +358,8 @@ mod tests {
             ("max_connections = 0", "an integer from 1 to 1024"),
             ("max_connections = -3", "an integer from 1 to 1024"),
             ("metrics_top_n = 10001", "an integer from 1 to 10000"),
+            ("retention_days = 36501", "an integer from 0 to 36500"),
+            ("retention_days = -1", "an integer from 0 to 36500"),
             ("metrics_listen = \"nowhere\"", "IP:PORT"),
             ("metrics_listen = true", "IP:PORT"),
             ("collector = \"inline\"", "standalone"),

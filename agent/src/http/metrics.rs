@@ -263,6 +263,22 @@ impl Collector for SnapshotCollector {
         )?;
         counter(
             enc,
+            "sentineld_retention_passes",
+            "Retention passes finished.",
+            agent.retention_passes,
+        )?;
+        family(
+            enc,
+            "sentineld_retention_pruned",
+            "Entries older than the retention period removed from the store, by kind.",
+            MetricType::Counter,
+            agent
+                .retention_pruned
+                .iter()
+                .map(|(kind, n)| ([("kind", *kind)], *n)),
+        )?;
+        counter(
+            enc,
             "sentineld_collector_restarts",
             "Times procmond was restarted or reconnected.",
             agent.collector_restarts,

@@ -84,6 +84,11 @@ pub struct AgentCounters {
     pub scans_stored: u64,
     /// Store writes that failed.
     pub store_errors: u64,
+    /// Retention passes finished.
+    pub retention_passes: u64,
+    /// Entries retention removed, by kind (`samples`, `instances`,
+    /// `scans`): `(kind, count)`.
+    pub retention_pruned: Vec<(&'static str, u64)>,
     /// Times the collector (procmond) was restarted or reconnected.
     pub collector_restarts: u64,
     /// Whether procmond is connected now.

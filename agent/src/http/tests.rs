@@ -99,6 +99,8 @@ fn full_snapshot() -> Snapshot {
             batches_stored: 12,
             scans_stored: 10,
             store_errors: 1,
+            retention_passes: 3,
+            retention_pruned: vec![("samples", 40), ("instances", 2), ("scans", 9)],
             collector_restarts: 2,
             collector_connected: true,
             last_scan_at: Some(Instant::now()),
@@ -343,6 +345,15 @@ async fn metrics_in_openmetrics_have_every_family() {
     assert_eq!(value(&s, "sentineld_records_stored_total", &[]), 1234.0);
     assert_eq!(value(&s, "sentineld_batches_stored_total", &[]), 12.0);
     assert_eq!(value(&s, "sentineld_store_errors_total", &[]), 1.0);
+    assert_eq!(value(&s, "sentineld_retention_passes_total", &[]), 3.0);
+    assert_eq!(
+        value(
+            &s,
+            "sentineld_retention_pruned_total",
+            &[("kind", "samples")]
+        ),
+        40.0
+    );
     assert_eq!(value(&s, "sentineld_collector_restarts_total", &[]), 2.0);
     assert_eq!(
         value(&s, "sentineld_frames_rejected_total", &[("reason", "crc")]),

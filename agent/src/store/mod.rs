@@ -10,6 +10,7 @@
 
 pub(crate) mod alerts;
 mod read;
+mod retention;
 pub(crate) mod schema;
 mod write;
 
@@ -19,6 +20,7 @@ mod tests;
 use std::path::{Path, PathBuf};
 
 pub use alerts::{AlertWriter, NewAlert, NewDelivery};
+pub use retention::{Pruned, Pruner};
 pub use read::{HistoryPoint, ScanRow, StoreReader, StoredAlert, StoredInstance, StoredProcess};
 pub use write::{BatchOutcome, Store};
 

@@ -624,3 +624,127 @@ fn a_scan_row_carries_the_ledger_digest_of_what_arrived() {
         Some(sentineld_proto::audit::scan_digest(&[stripped]))
     );
 }
+
+/// Scan 1 (T0) a snapshot of 10-14; scans 2-20 one second apart with a
+/// sample of each live instance; 10 exits at scan 3, 11 at scan 15.
+fn twenty_scans() -> Vec<ScanBatch> {
+    let mut batches = vec![snapshot(1, T0, &[10, 11, 12, 13, 14])];
+    for seq in 2..=20_u64 {
+        let time = T0 + 1000 * i64::try_from(seq).unwrap();
+        let mut exited = Vec::new();
+        let live: Vec<u32> = (10..=14)
+            .filter(|&pid| {
+                let gone_at = match pid {
+                    10 => 3,
+                    11 => 15,
+                    _ => u64::MAX,
+                };
+                if seq == gone_at {
+                    exited.push(instance(pid));
+                }
+                seq < gone_at
+            })
+            .collect();
+        batches.push(ScanBatch {
+            samples: live.iter().map(|&p| sample(p, 1.0)).collect(),
+            exited,
+            process_count: u32::try_from(live.len()).unwrap(),
+            ..scan(seq, time)
+        });
+    }
+    batches
+}
+
+fn sample_times(reader: &StoreReader, pid: u32) -> Vec<i64> {
+    reader
+        .history(pid, None)
+        .unwrap()
+        .iter()
+        .map(|p| p.time_ms)
+        .collect()
+}
+
+#[test]
+fn retention_removes_old_samples_exited_instances_and_scans_in_any_batch_size() {
+    let cutoff = T0 + 10_000;
+    let mut expected_counts = None;
+    for batch in [1, 3, 7, 1000] {
+        let dir = TempDir::new().unwrap();
+        let path = store_path(&dir);
+        let mut store = Store::open(&path).unwrap();
+        for b in twenty_scans() {
+            store.apply_batch(BOOT, &b).unwrap();
+        }
+        let pruner = store.pruner().with_batch(batch);
+        let pruned = pruner.prune(cutoff, || false).unwrap();
+        assert_eq!(
+            (pruned.samples, pruned.instances, pruned.scans),
+            // 10: its 2 samples; 11-14: 9 samples each before the cutoff
+            // (T0 and scans 2-9); scans 1-9.
+            (38, 1, 9),
+            "batch {batch}"
+        );
+        assert!(!pruned.interrupted);
+        if batch == 1 {
+            assert!(pruned.transactions > 38, "one entry per transaction");
+        }
+
+        let reader = StoreReader::open(&path).unwrap();
+        assert!(sample_times(&reader, 10).is_empty(), "batch {batch}");
+        assert!(exit_time(&path, BOOT, 10).is_none());
+        assert_eq!(
+            sample_times(&reader, 11),
+            (10..=14).map(|s| T0 + s * 1000).collect::<Vec<_>>(),
+            "an instance that exited after the cutoff keeps its newer samples"
+        );
+        assert_eq!(exit_time(&path, BOOT, 11), Some(T0 + 15_000));
+        assert_eq!(
+            sample_times(&reader, 12),
+            (10..=20).map(|s| T0 + s * 1000).collect::<Vec<_>>()
+        );
+        assert_eq!(live_pids(&reader), vec![12, 13, 14]);
+        let scans = reader.scans(None).unwrap();
+        assert_eq!(scans.len(), 11);
+        assert!(scans.iter().all(|s| s.time_ms >= cutoff));
+
+        let counts = row_counts(&path);
+        if let Some(expected) = &expected_counts {
+            assert_eq!(&counts, expected, "batch {batch}");
+        }
+        expected_counts = Some(counts);
+
+        // A second pass finds nothing; the writer goes on.
+        assert!(pruner.prune(cutoff, || false).unwrap().is_empty());
+        let next = ScanBatch {
+            samples: vec![sample(12, 2.0)],
+            process_count: 3,
+            ..scan(21, T0 + 21_000)
+        };
+        assert!(store.apply_batch(BOOT, &next).unwrap().scan_id.is_some());
+        assert_eq!(sample_times(&reader, 12).last(), Some(&(T0 + 21_000)));
+    }
+}
+
+#[test]
+fn an_interrupted_retention_pass_keeps_what_it_did_and_the_next_finishes() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let mut store = Store::open(&path).unwrap();
+    for b in twenty_scans() {
+        store.apply_batch(BOOT, &b).unwrap();
+    }
+    let pruner = store.pruner().with_batch(2);
+    let asked = std::cell::Cell::new(0);
+    let first = pruner
+        .prune(T0 + 10_000, || {
+            asked.set(asked.get() + 1);
+            asked.get() > 3
+        })
+        .unwrap();
+    assert!(first.interrupted);
+    assert_eq!(first.transactions, 3);
+    let rest = pruner.prune(T0 + 10_000, || false).unwrap();
+    assert_eq!(first.samples + rest.samples, 38);
+    assert_eq!(first.instances + rest.instances, 1);
+    assert_eq!(first.scans + rest.scans, 9);
+}

@@ -277,6 +277,11 @@ impl Store {
         Arc::clone(&self.db)
     }
 
+    /// Retention over this store, sharing its database.
+    pub fn pruner(&self) -> crate::store::Pruner {
+        crate::store::Pruner::new(Arc::clone(&self.db), &self.path)
+    }
+
     /// A writer for detection's tables, sharing this store's database.
     pub fn alert_writer(&self) -> AlertWriter {
         AlertWriter::new(Arc::clone(&self.db), &self.path)
