@@ -486,7 +486,7 @@ impl Detector {
                     cpu_percent: v.cpu_percent,
                     rss_bytes: v.rss_bytes,
                     vms_bytes: v.vms_bytes,
-                    swap_bytes: None,
+                    swap_bytes: v.swap_bytes,
                     threads: v.threads,
                     open_fds: v.open_fds,
                     listening_ports: v.listening_ports,

@@ -330,6 +330,22 @@ fn metrics_and_api_show_a_known_child_until_it_exits() {
             .any(|(l, v)| l.ends_with("kind=\"rss\"") && *v > 0.0),
         "{memory:?}"
     );
+    // Swap is known for every user process: its VmSwap, or 0 when the
+    // host has no swap in use.
+    let swapped = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSwap:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap()
+        * 1024.0;
+    let swap: Vec<f64> = memory
+        .iter()
+        .filter(|(l, _)| l.ends_with("kind=\"swap\""))
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(swap, vec![swapped], "{memory:?}");
+    assert_eq!(row["swap_bytes"].as_f64(), Some(swapped), "{row}");
 
     // The ports reached the store: the history (read from it) and the CLI.
     let history = eventually(PATIENCE, || {

@@ -22,6 +22,7 @@ fn sample(pid: u32) -> Sample {
         open_fds: Some(17),
         status: "S".into(),
         listening_ports: Vec::new(),
+        swap_bytes: None,
     }
 }
 

@@ -71,6 +71,7 @@ pub mod synthetic {
             open_fds: Some(42),
             status: "S".into(),
             listening_ports: Vec::new(),
+            swap_bytes: Some(0),
         }
     }
 

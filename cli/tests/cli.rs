@@ -121,6 +121,7 @@ fn sample(pid: u32, scan: u32) -> Sample {
         open_fds: Some(10 + scan),
         status: "S".into(),
         listening_ports: Vec::new(),
+        swap_bytes: None,
     }
 }
 

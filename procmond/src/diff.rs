@@ -43,11 +43,12 @@ pub fn sample_of(o: &Observed) -> Sample {
         open_fds: None,
         status: o.status.to_owned(),
         listening_ports: Vec::new(),
+        swap_bytes: None,
     }
 }
 
 /// Updates the fields an observation carries; the enrichment fields
-/// (`open_fds`, `listening_ports`) are the scanner's to set.
+/// (`open_fds`, `listening_ports`, `swap_bytes`) are the scanner's to set.
 fn update_sample(sample: &mut Sample, o: &Observed) {
     sample.cpu_percent = o.cpu_percent;
     sample.rss_bytes = o.rss_bytes;

@@ -246,9 +246,12 @@ impl<C: Collector> Scanner<C> {
     }
 
     /// Sets the enrichment fields of every live instance's sample: open
-    /// descriptors, and, when `ports_due`, listening ports within the time
-    /// budget (those the budget does not reach, and every process in the
-    /// scans between, keep their last ports). Kernel threads have neither.
+    /// descriptors; swapped-out memory (0 while the host has no swap in
+    /// use, else read when `ports_due` and for new instances, kept in the
+    /// scans between); and, when `ports_due`, listening ports within the
+    /// time budget (those the budget does not reach, and every process in
+    /// the scans between, keep their last ports). Kernel threads have none
+    /// of these.
     fn enrich(&mut self, observed: &[Observed], ports_due: bool) -> PortStats {
         let Scanner {
             enricher,
@@ -259,10 +262,16 @@ impl<C: Collector> Scanner<C> {
         } = self;
         port_targets.clear();
         port_pids.clear();
+        let swap_in_use = enricher.swap_in_use();
         for o in observed.iter().filter(|o| !o.kernel_thread) {
             let key = InstanceKey::of(o);
             if let Some(sample) = tracker.get_mut(&key).and_then(|r| r.sample.as_mut()) {
                 sample.open_fds = enricher.open_fds(o.pid);
+                if !swap_in_use {
+                    sample.swap_bytes = Some(0);
+                } else if ports_due || sample.swap_bytes.is_none() {
+                    sample.swap_bytes = enricher.swapped(o.pid);
+                }
                 port_targets.push(key);
                 port_pids.push(o.pid);
             }

@@ -22,6 +22,8 @@ pub struct ProcessView {
     pub threads: u32,
     pub rss_bytes: u64,
     pub vms_bytes: u64,
+    /// Swapped-out memory; null when unknown.
+    pub swap_bytes: Option<u64>,
     pub cpu_percent: f32,
     pub open_fds: Option<u32>,
     /// Lowercase hex, or null when the hash is missing (see `hash_status`).
@@ -83,6 +85,7 @@ impl ProcessView {
             threads: sample.threads,
             rss_bytes: sample.rss_bytes,
             vms_bytes: sample.vms_bytes,
+            swap_bytes: sample.swap_bytes,
             cpu_percent: sample.cpu_percent,
             open_fds: sample.open_fds,
             sha256,

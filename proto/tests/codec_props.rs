@@ -33,6 +33,7 @@ fn sample() -> impl Strategy<Value = Sample> {
             open_fds: Some(threads % 1024),
             status,
             listening_ports: vec![threads % 65_536],
+            swap_bytes: threads.is_multiple_of(2).then_some(rss / 2),
         },
     )
 }

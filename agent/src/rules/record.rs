@@ -427,6 +427,7 @@ mod tests {
             threads: 1,
             rss_bytes: 1,
             vms_bytes: 2,
+            swap_bytes: None,
             cpu_percent: 0.5,
             open_fds: None,
             sha256: None,

@@ -38,6 +38,7 @@ fn sample(pid: u32, cpu: f32) -> Sample {
         open_fds: Some(9),
         status: "S".into(),
         listening_ports: Vec::new(),
+        swap_bytes: None,
     }
 }
 

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | container id ([`cgroup`]) | once per instance | one read of `/proc/PID/cgroup`, at most [`cgroup::MAX_CGROUP_BYTES`] |
 //! | open file descriptors ([`fds`]) | every scan, every process | one `stat` of `/proc/PID/fd` (Linux 6.2+), else one directory listing |
+//! | swapped-out memory ([`swap`]) | while the host has swap in use: every `--port-every`th scan and every snapshot, and once for each new instance; else 0 without reading | one read of `/proc/meminfo` per scan, then one of `/proc/PID/status` per process when due |
 //! | listening ports ([`ports`]) | every `--port-every`th scan (default 5) and every snapshot, within a time budget | the socket tables once per pass and network namespace, then one `readlink` per descriptor |
 //!
 //! User names come from the cached passwd lookup in `users.rs`.
@@ -16,6 +17,7 @@
 pub mod cgroup;
 pub mod fds;
 pub mod ports;
+pub mod swap;
 
 use std::io::{self, Read as _};
 use std::path::Path;
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::enrich::fds::FdCounter;
 use crate::enrich::ports::{PortMapper, PortStats};
+use crate::enrich::swap::SwapReader;
 
 /// Where the kernel's process files are.
 pub const PROC: &str = "/proc";
@@ -40,6 +43,7 @@ pub struct Enricher {
     fds: FdCounter,
     ports: PortMapper,
     port_budget: Duration,
+    swap: SwapReader,
 }
 
 impl Enricher {
@@ -50,7 +54,19 @@ impl Enricher {
             fds: FdCounter::detect(),
             ports: PortMapper::new(),
             port_budget,
+            swap: SwapReader::new(Path::new(PROC)),
         }
+    }
+
+    /// Whether the host has swap in use (unknown counts as in use, so
+    /// swap is read rather than guessed).
+    pub fn swap_in_use(&mut self) -> bool {
+        self.swap.in_use().unwrap_or(true)
+    }
+
+    /// Bytes of `pid`'s memory swapped out, when readable.
+    pub fn swapped(&mut self, pid: u32) -> Option<u64> {
+        self.swap.swapped(pid)
     }
 
     /// Open descriptors of `pid`, when readable.

@@ -47,6 +47,7 @@ fn sample(pid: u32) -> Sample {
         open_fds: Some(12),
         status: "S".to_owned(),
         listening_ports: Vec::new(),
+        swap_bytes: None,
     }
 }
 
