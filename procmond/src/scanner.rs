@@ -94,7 +94,7 @@ pub struct Scanner<C> {
     waiting: HashMap<FileKey, Waiters>,
     /// The processes whose ports a scan looks for, by pid.
     port_targets: Vec<InstanceKey>,
-    port_pids: Vec<u32>,
+    port_procs: Vec<crate::enrich::ports::Proc>,
 }
 
 impl<C: Collector> Scanner<C> {
@@ -118,7 +118,7 @@ impl<C: Collector> Scanner<C> {
             pending: HashMap::new(),
             waiting: HashMap::new(),
             port_targets: Vec::new(),
-            port_pids: Vec::new(),
+            port_procs: Vec::new(),
         })
     }
 
@@ -257,11 +257,11 @@ impl<C: Collector> Scanner<C> {
             enricher,
             tracker,
             port_targets,
-            port_pids,
+            port_procs,
             ..
         } = self;
         port_targets.clear();
-        port_pids.clear();
+        port_procs.clear();
         let swap_in_use = enricher.swap_in_use();
         for o in observed.iter().filter(|o| !o.kernel_thread) {
             let key = InstanceKey::of(o);
@@ -273,13 +273,13 @@ impl<C: Collector> Scanner<C> {
                     sample.swap_bytes = enricher.swapped(o.pid);
                 }
                 port_targets.push(key);
-                port_pids.push(o.pid);
+                port_procs.push((key.pid, key.start_time));
             }
         }
         if !ports_due {
             return PortStats::default();
         }
-        enricher.listening_ports(port_pids, |i, ports| {
+        enricher.listening_ports(port_procs, |i, ports| {
             if let Some(sample) = port_targets
                 .get(i)
                 .and_then(|key| tracker.get_mut(key))

@@ -6,7 +6,7 @@
 //! | container id ([`cgroup`]) | once per instance | one read of `/proc/PID/cgroup`, at most [`cgroup::MAX_CGROUP_BYTES`] |
 //! | open file descriptors ([`fds`]) | every scan, every process | one `stat` of `/proc/PID/fd` (Linux 6.2+), else one directory listing |
 //! | swapped-out memory ([`swap`]) | while the host has swap in use: every `--port-every`th scan and every snapshot, and once for each new instance; else 0 without reading | one read of `/proc/meminfo` per scan, then one of `/proc/PID/status` per process when due |
-//! | listening ports ([`ports`]) | every `--port-every`th scan (default 5) and every snapshot, within a time budget | the socket tables once per pass and network namespace, then one `readlink` per descriptor |
+//! | listening ports ([`ports`]) | every `--port-every`th scan (default 5) and every snapshot, within a time budget | the socket tables once per pass and network namespace; then one `readlink` per descriptor of new processes only, or of every process when a running one started listening and every 12th pass |
 //!
 //! User names come from the cached passwd lookup in `users.rs`.
 //!
@@ -74,14 +74,19 @@ impl Enricher {
         self.fds.count(pid)
     }
 
-    /// Finds the listening ports of `pids` (sorted; no kernel threads)
-    /// within the time budget: `found(i, ports)` for each `pids[i]` reached.
-    pub fn listening_ports(&mut self, pids: &[u32], found: impl FnMut(usize, &[u32])) -> PortStats {
+    /// Finds the listening ports of `procs` (pid and start time, sorted;
+    /// no kernel threads) within the time budget: `found(i, ports)` for
+    /// each `procs[i]` whose ports were read or changed.
+    pub fn listening_ports(
+        &mut self,
+        procs: &[ports::Proc],
+        found: impl FnMut(usize, &[u32]),
+    ) -> PortStats {
         if self.port_budget.is_zero() {
             return PortStats::default();
         }
         self.ports
-            .map(pids, Instant::now() + self.port_budget, found)
+            .map(procs, Instant::now() + self.port_budget, found)
     }
 }
 

@@ -13,6 +13,17 @@
 //! container): that namespace's tables are read once per scan through
 //! `/proc/PID/net/`, the first time one of its processes needs them.
 //!
+//! Reading every process's descriptors is most of the cost, so it is done
+//! in full only when needed. After one complete walk the mapper knows each
+//! process's listening sockets; a later pass reads the socket tables (own
+//! namespace, and those of other namespaces seen before) and then reads
+//! the descriptors of new processes only. A socket that left the tables is
+//! dropped from the processes that held it without reading anything. Only
+//! a listening socket that appeared and that no new process holds (an
+//! older process started listening) starts a full walk, as does every
+//! [`FULL_EVERY`]th pass, which catches sockets handed between running
+//! processes.
+//!
 //! Cost is bounded per scan by a time budget. The kernel lists a TCP
 //! table's listening sockets first (its listening hash, then the
 //! established one), so a TCP table is read only up to its first socket in
@@ -30,6 +41,12 @@ use std::time::Instant;
 
 /// Most bytes read of one socket table.
 pub const MAX_TABLE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A full walk at least every this many passes.
+pub const FULL_EVERY: u32 = 12;
+
+/// A process instance: pid and start time.
+pub type Proc = (u32, i64);
 
 /// Descriptors read between two looks at the clock.
 const CLOCK_EVERY: usize = 64;
@@ -203,10 +220,22 @@ pub struct PortMapper {
     listening: HashMap<u64, u16>,
     /// Network namespaces whose tables were read this pass.
     namespaces: HashSet<u64>,
-    /// Where the next pass starts: the first process not visited.
+    /// Where the next full walk starts: the first process not visited.
     next_pid: u32,
     inodes: Vec<u64>,
     ports: Vec<u32>,
+    /// The listening socket inodes of the last pass.
+    known: HashSet<u64>,
+    /// The listening socket inodes of each process read since its start
+    /// (empty when it has none, or its descriptors could not be read).
+    held: HashMap<Proc, Vec<u64>>,
+    /// Other network namespaces whose tables every pass reads: namespace
+    /// inode -> a process in it.
+    others: HashMap<u64, u32>,
+    /// A full walk is due or under way (until it has visited everyone).
+    full_due: bool,
+    /// Passes since the last full walk ended.
+    passes: u32,
 }
 
 impl Default for PortMapper {
@@ -229,16 +258,21 @@ impl PortMapper {
             next_pid: 0,
             inodes: Vec::new(),
             ports: Vec::new(),
+            known: HashSet::new(),
+            held: HashMap::new(),
+            others: HashMap::new(),
+            full_due: true,
+            passes: 0,
         }
     }
 
-    /// One pass over `pids` (sorted, kernel threads left out) until
-    /// `deadline`: calls `found(i, ports)` for each process `pids[i]` whose
-    /// descriptors could be read, with its sorted listening ports (empty
-    /// when none).
+    /// One pass over `procs` (sorted, kernel threads left out) until
+    /// `deadline`: calls `found(i, ports)` with the sorted listening ports
+    /// (empty when none) of each process `procs[i]` whose ports were read
+    /// or changed. Processes not reported keep the ports reported before.
     pub fn map(
         &mut self,
-        pids: &[u32],
+        procs: &[Proc],
         deadline: Instant,
         mut found: impl FnMut(usize, &[u32]),
     ) -> PortStats {
@@ -248,22 +282,117 @@ impl PortMapper {
         if let Some(own) = self.read_link("self/ns/net").and_then(|t| netns_inode(&t)) {
             self.namespaces.insert(own);
         }
-        if self.load_tables("net", deadline, &mut stats).is_err() {
-            stats.skipped = count(pids.len());
+        if self.load_tables("net", deadline, &mut stats).is_err()
+            || self.load_other_namespaces(deadline, &mut stats).is_err()
+        {
+            stats.skipped = count(procs.len());
             return stats;
         }
+        self.held.retain(|k, _| procs.binary_search(k).is_ok());
+        self.passes = self.passes.saturating_add(1);
+        if self.passes >= FULL_EVERY {
+            self.full_due = true;
+        }
+        if !self.full_due && self.changes(procs, deadline, &mut stats, &mut found) {
+            self.remember_listening();
+            return stats;
+        }
+        self.full_due = true;
+        self.full_walk(procs, deadline, &mut stats, &mut found);
+        self.remember_listening();
+        stats
+    }
 
-        let start = pids.partition_point(|&p| p < self.next_pid);
-        let order = (start..pids.len()).chain(0..start);
+    /// The pass between full walks: drops closed sockets from the
+    /// processes that held them, reads the descriptors of new processes.
+    /// False when a new listening socket is held by none of them: a full
+    /// walk must find it.
+    fn changes(
+        &mut self,
+        procs: &[Proc],
+        deadline: Instant,
+        stats: &mut PortStats,
+        found: &mut impl FnMut(usize, &[u32]),
+    ) -> bool {
+        let mut unexplained: HashSet<u64> = self
+            .listening
+            .keys()
+            .filter(|inode| !self.known.contains(inode))
+            .copied()
+            .collect();
+        if self
+            .known
+            .iter()
+            .any(|inode| !self.listening.contains_key(inode))
+        {
+            let listening = &self.listening;
+            let ports = &mut self.ports;
+            for (key, inodes) in &mut self.held {
+                let before = inodes.len();
+                inodes.retain(|inode| listening.contains_key(inode));
+                if inodes.len() != before
+                    && let Ok(i) = procs.binary_search(key)
+                {
+                    ports_of(listening, inodes, ports);
+                    found(i, ports);
+                }
+            }
+        }
+        for (i, &key) in procs.iter().enumerate() {
+            if self.held.contains_key(&key) {
+                continue;
+            }
+            if Instant::now() >= deadline {
+                stats.skipped += 1;
+                continue;
+            }
+            match self.process(key.0, deadline, stats) {
+                Walk::Done => {
+                    for inode in &self.inodes {
+                        unexplained.remove(inode);
+                    }
+                    self.hold(key);
+                    found(i, &self.ports);
+                }
+                Walk::Unreadable => {
+                    self.held.insert(key, Vec::new());
+                }
+                Walk::OutOfTime => {
+                    stats.skipped += 1;
+                    continue;
+                }
+            }
+            stats.visited += 1;
+        }
+        unexplained.is_empty()
+    }
+
+    /// Reads every process's descriptors, starting where the last full
+    /// walk stopped, until done or `deadline`.
+    fn full_walk(
+        &mut self,
+        procs: &[Proc],
+        deadline: Instant,
+        stats: &mut PortStats,
+        found: &mut impl FnMut(usize, &[u32]),
+    ) {
+        let start = procs.partition_point(|&(p, _)| p < self.next_pid);
+        let order = (start..procs.len()).chain(0..start);
         let mut stopped_at = None;
         for (visited, i) in order.enumerate() {
             if Instant::now() >= deadline {
                 stopped_at = Some((visited, i));
                 break;
             }
-            match self.process(pids[i], deadline, &mut stats) {
-                Walk::Done => found(i, &self.ports),
-                Walk::Unreadable => {}
+            let key = procs[i];
+            match self.process(key.0, deadline, stats) {
+                Walk::Done => {
+                    self.hold(key);
+                    found(i, &self.ports);
+                }
+                Walk::Unreadable => {
+                    self.held.insert(key, Vec::new());
+                }
                 Walk::OutOfTime => {
                     stopped_at = Some((visited, i));
                     break;
@@ -273,12 +402,58 @@ impl PortMapper {
         }
         match stopped_at {
             Some((visited, i)) => {
-                stats.skipped = count(pids.len() - visited);
-                self.next_pid = pids[i];
+                stats.skipped = count(procs.len() - visited);
+                self.next_pid = procs[i].0;
             }
-            None => self.next_pid = 0,
+            None => {
+                self.next_pid = 0;
+                self.full_due = false;
+                self.passes = 0;
+            }
         }
-        stats
+    }
+
+    /// Records the listening sockets among `self.inodes` as `key`'s.
+    fn hold(&mut self, key: Proc) {
+        let listening = &self.listening;
+        let held = self.held.entry(key).or_default();
+        held.clear();
+        held.extend(
+            self.inodes
+                .iter()
+                .filter(|inode| listening.contains_key(inode)),
+        );
+    }
+
+    /// Reads the tables of the namespaces found in earlier passes, through
+    /// a process still in each. A namespace whose process is gone is
+    /// forgotten and a full walk made due: it finds the namespace again
+    /// through another process, and its sockets must not pass for closed.
+    fn load_other_namespaces(
+        &mut self,
+        deadline: Instant,
+        stats: &mut PortStats,
+    ) -> Result<(), OutOfTime> {
+        let others = std::mem::take(&mut self.others);
+        for (ns, pid) in others {
+            if self.namespaces.contains(&ns) {
+                continue;
+            }
+            let link = format!("{pid}/ns/net");
+            if self.read_link(&link).and_then(|t| netns_inode(&t)) == Some(ns) {
+                self.load_tables(&format!("{pid}/net"), deadline, stats)?;
+                self.namespaces.insert(ns);
+                self.others.insert(ns, pid);
+            } else {
+                self.full_due = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn remember_listening(&mut self) {
+        self.known.clear();
+        self.known.extend(self.listening.keys());
     }
 
     /// Finds the listening ports of `pid` (into `self.ports`).
@@ -293,6 +468,7 @@ impl PortMapper {
             let link = format!("{pid}/ns/net");
             match self.read_link(&link).and_then(|t| netns_inode(&t)) {
                 Some(ns) if self.namespaces.insert(ns) => {
+                    self.others.insert(ns, pid);
                     if self
                         .load_tables(&format!("{pid}/net"), deadline, stats)
                         .is_err()
@@ -370,6 +546,18 @@ impl PortMapper {
             .ok()
             .map(|t| t.as_os_str().as_bytes().to_vec())
     }
+}
+
+/// The sorted, deduplicated ports of `inodes` into `out`.
+fn ports_of(listening: &HashMap<u64, u16>, inodes: &[u64], out: &mut Vec<u32>) {
+    out.clear();
+    out.extend(
+        inodes
+            .iter()
+            .filter_map(|inode| listening.get(inode).map(|&p| u32::from(p))),
+    );
+    out.sort_unstable();
+    out.dedup();
 }
 
 fn count(n: usize) -> u32 {
@@ -518,6 +706,100 @@ mod tests {
         root
     }
 
+    /// `TCP` with one more listening socket, listed first.
+    fn with_listener(inode: u64, port: u16) -> String {
+        let (header, rest) = TCP.split_once('\n').unwrap();
+        format!(
+            "{header}\n  9: 00000000:{port:04X} 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0000000000000000 100 0 0 10 0\n{rest}"
+        )
+    }
+
+    /// Instances of `pids`, all started at 0.
+    fn procs(pids: &[u32]) -> Vec<Proc> {
+        pids.iter().map(|&p| (p, 0)).collect()
+    }
+
+    /// One pass: what it reported, by pid, and its stats.
+    fn pass(mapper: &mut PortMapper, pids: &[Proc]) -> (Vec<(u32, Vec<u32>)>, PortStats) {
+        let mut got = Vec::new();
+        let stats = mapper.map(pids, far(), |i, ports| {
+            got.push((pids[i].0, ports.to_vec()))
+        });
+        (got, stats)
+    }
+
+    #[test]
+    fn after_a_full_walk_only_new_processes_and_closed_sockets_are_read() {
+        let root = fixture();
+        let r = root.path();
+        let mut mapper = PortMapper::with_root(r);
+        let mut pids = procs(&[10, 11, 12, 20]);
+        let (_, stats) = pass(&mut mapper, &pids);
+        assert_eq!(stats.visited, 4, "the first pass is a full walk");
+
+        let (got, stats) = pass(&mut mapper, &pids);
+        assert_eq!((got, stats.visited), (vec![], 0), "nothing changed");
+        assert_eq!(stats.namespaces, 2, "both namespaces' tables read");
+
+        // A new process with a new listener: only it is read.
+        std::fs::create_dir_all(r.join("30/fd")).unwrap();
+        std::os::unix::fs::symlink("socket:[1005]", r.join("30/fd/3")).unwrap();
+        let tcp = with_listener(1005, 0x1F40);
+        std::fs::write(r.join("net/tcp"), &tcp).unwrap();
+        pids.push((30, 0));
+        let (got, stats) = pass(&mut mapper, &pids);
+        assert_eq!(got, vec![(30, vec![8000])]);
+        assert_eq!(stats.visited, 1);
+
+        // A pid reused by a new instance is read again.
+        pids[1] = (11, 5);
+        let (got, stats) = pass(&mut mapper, &pids);
+        assert_eq!((got, stats.visited), (vec![(11, vec![])], 1));
+
+        // Process 10 closes its port 22: reported without reading.
+        let closed: String = tcp
+            .lines()
+            .filter(|l| !l.contains(" 1001 1 "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(r.join("net/tcp"), closed).unwrap();
+        let (got, stats) = pass(&mut mapper, &pids);
+        assert_eq!((got, stats.visited), (vec![(10, vec![53])], 0));
+    }
+
+    #[test]
+    fn a_running_process_that_starts_listening_is_found_by_a_full_walk() {
+        let root = fixture();
+        let r = root.path();
+        let mut mapper = PortMapper::with_root(r);
+        let pids = procs(&[10, 11, 12, 20]);
+        pass(&mut mapper, &pids);
+        std::os::unix::fs::symlink("socket:[1006]", r.join("11/fd/4")).unwrap();
+        std::fs::write(r.join("net/tcp"), with_listener(1006, 0x1F41)).unwrap();
+        let (got, stats) = pass(&mut mapper, &pids);
+        assert_eq!(stats.visited, 4, "a new socket no new process holds");
+        assert!(got.contains(&(11, vec![8001])), "{got:?}");
+    }
+
+    #[test]
+    fn every_twelfth_pass_and_a_lost_namespace_walk_everything() {
+        let root = fixture();
+        let mut mapper = PortMapper::with_root(root.path());
+        let pids = procs(&[10, 11, 12, 20]);
+        let visits: Vec<u32> = (0..=FULL_EVERY)
+            .map(|_| pass(&mut mapper, &pids).1.visited)
+            .collect();
+        let mut want = vec![0; visits.len()];
+        want[0] = 4;
+        want[usize::try_from(FULL_EVERY).unwrap()] = 4;
+        assert_eq!(visits, want);
+
+        // The process through which namespace 2 was read is gone.
+        std::fs::remove_dir_all(root.path().join("20")).unwrap();
+        let (_, stats) = pass(&mut mapper, &procs(&[10, 11, 12]));
+        assert_eq!(stats.visited, 3, "a full walk finds the namespace again");
+    }
+
     fn far() -> Instant {
         Instant::now() + Duration::from_secs(3600)
     }
@@ -526,9 +808,11 @@ mod tests {
     fn maps_processes_to_their_ports_across_namespaces() {
         let root = fixture();
         let mut mapper = PortMapper::with_root(root.path());
-        let pids = [10, 11, 12, 20];
+        let pids = procs(&[10, 11, 12, 20]);
         let mut got = Vec::new();
-        let stats = mapper.map(&pids, far(), |i, ports| got.push((pids[i], ports.to_vec())));
+        let stats = mapper.map(&pids, far(), |i, ports| {
+            got.push((pids[i].0, ports.to_vec()))
+        });
         assert_eq!(
             got,
             vec![(10, vec![22, 53]), (11, vec![]), (20, vec![5353, 8081])]
@@ -543,7 +827,7 @@ mod tests {
     fn over_budget_skips_and_resumes_where_it_stopped() {
         let root = fixture();
         let mut mapper = PortMapper::with_root(root.path());
-        let pids = [10, 11, 12, 20];
+        let pids = procs(&[10, 11, 12, 20]);
         let stats = mapper.map(&pids, Instant::now(), |_, _| panic!("nothing visited"));
         assert_eq!(stats.skipped, 4);
         assert_eq!(stats.visited, 0);
@@ -551,7 +835,7 @@ mod tests {
         // A pass that stops after the first process resumes at the second.
         mapper.next_pid = 11;
         let mut got = Vec::new();
-        let stats = mapper.map(&pids, far(), |i, _| got.push(pids[i]));
+        let stats = mapper.map(&pids, far(), |i, _| got.push(pids[i].0));
         assert_eq!(got, vec![11, 20, 10], "starts at 11 and wraps around");
         assert_eq!(stats.skipped, 0);
         assert_eq!(mapper.next_pid, 0);
@@ -602,7 +886,7 @@ mod tests {
         let me = std::process::id();
         let mut mapper = PortMapper::new();
         let mut mine = None;
-        let stats = mapper.map(&[me], far(), |_, ports| mine = Some(ports.to_vec()));
+        let stats = mapper.map(&[(me, 0)], far(), |_, ports| mine = Some(ports.to_vec()));
         let mine = mine.expect("own descriptors are readable");
         assert!(mine.contains(&tcp_port), "{mine:?} lacks {tcp_port}");
         assert!(mine.contains(&udp_port), "{mine:?} lacks {udp_port}");
