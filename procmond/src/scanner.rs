@@ -171,12 +171,13 @@ impl<C: Collector> Scanner<C> {
                 new_record(o, all, &*collector, hasher, users, &mut new_pending)
             })
         };
+        let execs = self.reread_execs(&observed, &mut new_pending);
         let every = u64::from(self.config.port_every.max(1));
         let ports_due = snapshot || (self.scan_seq - 1).is_multiple_of(every);
         let ports = self.enrich(&observed, ports_due);
         self.observed = observed;
 
-        for key in &changes.exited {
+        for key in changes.exited.iter().chain(&execs) {
             self.forget_pending(key);
         }
         for (instance, pending) in new_pending {
@@ -188,6 +189,7 @@ impl<C: Collector> Scanner<C> {
             self.pending.insert(instance, pending);
         }
         let mut updated = self.wait_for_hashes(snapshot, &changes.started, hash_wait);
+        updated.extend_from_slice(&execs);
 
         let mut started: Vec<ProcessRecord> = if snapshot {
             self.tracker.iter().map(|(_, r)| r.clone()).collect()
@@ -290,6 +292,50 @@ impl<C: Collector> Scanner<C> {
                 sample.listening_ports.extend_from_slice(ports);
             }
         })
+    }
+
+    /// Reads again the record of each known instance that exec'd another
+    /// program since the last scan (same pid and start time, new
+    /// executable, name and command line), keeping its latest sample; the
+    /// scan sends it as updated, and its new executable is hashed as a new
+    /// instance's would be. Returns their keys.
+    fn reread_execs(
+        &mut self,
+        observed: &[Observed],
+        new_pending: &mut Vec<(InstanceKey, PendingHash)>,
+    ) -> Vec<InstanceKey> {
+        let Scanner {
+            collector,
+            hasher,
+            users,
+            tracker,
+            ..
+        } = self;
+        let mut execs = Vec::new();
+        for &pid in collector.exec_changes() {
+            let Ok(i) = observed.binary_search_by_key(&pid, |o| o.pid) else {
+                continue;
+            };
+            let o = &observed[i];
+            let key = InstanceKey::of(o);
+            // A new instance's record was read in this scan already.
+            if tracker.is_new(&key) || tracker.get(&key).is_none() {
+                continue;
+            }
+            let mut record = new_record(o, observed, &*collector, hasher, users, new_pending);
+            if let Some(current) = tracker.get_mut(&key) {
+                record.sample = current.sample.take();
+                *current = record;
+                execs.push(key);
+            }
+        }
+        if !execs.is_empty() {
+            debug!(
+                processes = execs.len(),
+                "exec'd another program: records read again"
+            );
+        }
+        execs
     }
 
     /// Drops an exited instance from the hashing bookkeeping.
@@ -529,6 +575,7 @@ mod tests {
     struct Fake {
         procs: Vec<Observed>,
         names: HashMap<u32, String>,
+        execs: Vec<u32>,
     }
 
     impl Collector for Fake {
@@ -544,6 +591,10 @@ mod tests {
                 cmdline: vec![format!("cmd-{pid}")],
                 uid: Some(0),
             })
+        }
+
+        fn exec_changes(&self) -> &[u32] {
+            &self.execs
         }
     }
 
@@ -566,7 +617,15 @@ mod tests {
             .iter()
             .map(|o| (o.pid, format!("p{}", o.pid)))
             .collect();
-        Scanner::new(Fake { procs, names }, ScanConfig::default()).expect("scanner")
+        Scanner::new(
+            Fake {
+                procs,
+                names,
+                execs: Vec::new(),
+            },
+            ScanConfig::default(),
+        )
+        .expect("scanner")
     }
 
     fn pid_of(r: &ProcessRecord) -> u32 {
@@ -618,6 +677,38 @@ mod tests {
         assert_eq!(exit.samples.len(), 1);
         assert_eq!(exit.process_count, 1);
         assert_eq!(exit.scan_seq, 4);
+    }
+
+    #[test]
+    fn an_exec_is_sent_as_an_update_with_the_new_program() {
+        let mut s = scanner(vec![observed(2, 0, true), observed(40, 2, false)]);
+        let first = s.scan(false, Duration::ZERO);
+        assert_eq!(first.started[1].name, "p40");
+
+        s.collector.names.insert(40, "payload".into());
+        s.collector.execs = vec![40];
+        let second = s.scan(false, Duration::ZERO);
+        assert!(second.started.is_empty(), "same instance: not a start");
+        assert_eq!(second.updated.len(), 1, "{:?}", second.updated);
+        let record = &second.updated[0];
+        assert_eq!((pid_of(record), record.name.as_str()), (40, "payload"));
+        assert!(record.sample.is_some(), "the sample is kept");
+
+        // Without an exec nothing is read again.
+        s.collector.names.insert(40, "other".into());
+        s.collector.execs.clear();
+        let third = s.scan(false, Duration::ZERO);
+        assert!(third.updated.is_empty());
+        assert_eq!(
+            s.tracker
+                .get(&InstanceKey {
+                    pid: 40,
+                    start_time: 1_040
+                })
+                .unwrap()
+                .name,
+            "payload"
+        );
     }
 
     #[test]
