@@ -3,7 +3,8 @@
 //! the alert reaches a file sink and a real local HTTP receiver; a bad rule
 //! file is refused while the rules in force keep firing; a new rule file
 //! takes effect without a restart (and runs over the processes already
-//! live); `sentinelcli query` and `alerts` answer while the agent runs.
+//! live); `sentinelcli query` and `alerts` answer while the agent runs; a
+//! shell that execs a payload is stored and caught as the payload.
 
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
@@ -324,4 +325,63 @@ fn a_config_file_with_an_unknown_key_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("config.toml"), "{stderr}");
     assert!(stderr.contains("colour"), "{stderr}");
+}
+
+#[test]
+fn a_shell_that_execs_a_payload_is_caught_after_the_exec() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let alerts_file = dir.path().join("alerts.jsonl");
+    let _agent = Reaped(
+        common::agent_command()
+            .args(["--metrics-listen", "off"])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--rules-dir")
+            .arg(dir.path().join("no-rules"))
+            .args(["--scan-interval", "200ms"])
+            .arg("--alert-sink")
+            .arg(format!("file={}", alerts_file.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start sentinelagent"),
+    );
+    let payload = dir.path().join("payload-exec");
+    std::fs::copy("/bin/sleep", &payload).unwrap();
+    // The shell is seen (and stored) as itself first, then becomes the
+    // payload: same pid, same start time.
+    let shell = Reaped(
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("read _; exec {} 300", payload.display()))
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = shell.pid();
+    let name_of = |pid: u32| {
+        let rows = cli_json(&state, &["ps", "--format", "json"])?;
+        rows.iter()
+            .find(|r| r["pid"] == pid)
+            .and_then(|r| r["name"].as_str().map(str::to_owned))
+    };
+    let before = eventually(Duration::from_secs(60), || name_of(pid))
+        .expect("the shell is stored before it execs");
+    assert_eq!(before, "sh");
+    let mut shell = shell;
+    shell.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
+
+    let alert = eventually(Duration::from_secs(60), || {
+        let alerts = file_alerts(&alerts_file);
+        for_process(&alerts, "linux.exec_from_tmp", pid)
+            .first()
+            .map(|a| (*a).clone())
+    })
+    .expect("the rule fires on the program the shell exec'd");
+    assert_eq!(alert["process"]["name"], "payload-exec", "{alert}");
+    let after = eventually(Duration::from_secs(30), || {
+        name_of(pid).filter(|n| n == "payload-exec")
+    });
+    assert!(after.is_some(), "the store holds the new program");
 }
