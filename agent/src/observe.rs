@@ -137,6 +137,7 @@ impl StateSource for AgentState {
                 batches_stored: s.batches_stored.load(Relaxed),
                 scans_stored: s.scans_stored.load(Relaxed),
                 store_errors: s.store_errors.load(Relaxed),
+                store_fault: s.store_fault(),
                 retention_passes: s.retention_passes.load(Relaxed),
                 retention_pruned: vec![
                     ("samples", s.retention_pruned_samples.load(Relaxed)),

@@ -10,6 +10,11 @@
 //! are checked before allocation, each connection holds at most one frame,
 //! and the next frame is read only after the last batch is committed.
 //!
+//! A batch that cannot be stored is never acknowledged, and its connection
+//! is closed at once: acknowledgements are cumulative, so acknowledging a
+//! later batch on the same connection would acknowledge the lost one too.
+//! The collector reconnects and sends it again from its write-ahead log.
+//!
 //! Flow control: the agent grants the collector a credit of records it may
 //! send beyond those acknowledged (`--max-pending-records`), and gives back
 //! each batch's records with its ack.
@@ -227,6 +232,9 @@ pub(crate) async fn serve(
             drop(permit);
         });
     }
+    // A batch still waiting for disk space would hold its connection, and
+    // the shutdown, until space returns: it is left to the collector's log.
+    ctx.ingest.stop_waiting_for_space();
     tasks.close();
     tasks.wait().await;
 }
@@ -255,7 +263,11 @@ async fn handle(
         Ok(()) => debug!(%peer, "connection closed before a handshake"),
         Err(rejection) => match rejection.reason() {
             Some(reason) => ctx.rejected(peer, reason, &rejection),
-            None => warn!(%peer, error = %rejection, "collector connection closed"),
+            // The storage thread logs the store's failures when they start;
+            // the collector reconnects and sends the batch again.
+            None => {
+                debug!(%peer, error = %rejection, "collector connection closed: a batch was not stored")
+            }
         },
     }
 }

@@ -1,8 +1,9 @@
 //! Counters of the agent's work, shared by its tasks. Every counted event
 //! is also logged where it happens, so logs and counters agree.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::sinks::Severity;
 
@@ -78,6 +79,15 @@ impl RejectReason {
     }
 }
 
+/// Why the store cannot be written now, and since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFault {
+    /// The first error of the outage, as logged.
+    pub error: String,
+    /// When the first write failed.
+    pub since: Instant,
+}
+
 /// Counters, updated lock-free by the connection and storage tasks.
 #[derive(Debug, Default)]
 pub struct AgentStats {
@@ -85,7 +95,11 @@ pub struct AgentStats {
     pub records_stored: AtomicU64,
     pub batches_stored: AtomicU64,
     pub scans_stored: AtomicU64,
+    /// Batches that could not be stored, and store writes that found the
+    /// disk full (each counted once, however long it waited).
     pub store_errors: AtomicU64,
+    /// Set from a store write's failure until a batch is stored again.
+    store_fault: Mutex<Option<StoreFault>>,
     pub collector_restarts: AtomicU64,
     pub collector_connected: AtomicBool,
     /// Alerts raised (stored and handed to the sinks), by severity: low,
@@ -114,6 +128,42 @@ impl AgentStats {
         self.rejected[reason.index()].load(Ordering::Relaxed)
     }
 
+    /// Counts a failed store write in `store_errors` and, unless the store
+    /// is already known to be unwritable, records `error` as the fault in
+    /// force. Returns whether the store was writable until now: callers log
+    /// only then, so an outage is logged once, not once per batch.
+    pub fn store_failed(&self, error: impl FnOnce() -> String) -> bool {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+        let mut fault = self.fault();
+        if fault.is_some() {
+            return false;
+        }
+        *fault = Some(StoreFault {
+            error: error(),
+            since: Instant::now(),
+        });
+        true
+    }
+
+    /// A batch was stored: the store is writable. Returns how long it was
+    /// not, when it was not.
+    pub fn store_writable(&self) -> Option<Duration> {
+        self.fault().take().map(|f| f.since.elapsed())
+    }
+
+    /// Why the store cannot be written, while it cannot.
+    pub fn store_fault(&self) -> Option<StoreFault> {
+        self.fault().clone()
+    }
+
+    fn fault(&self) -> std::sync::MutexGuard<'_, Option<StoreFault>> {
+        // Every holder leaves the value whole: a panic elsewhere does not
+        // make it unusable.
+        self.store_fault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn count_alert(&self, severity: Severity) {
         self.alerts[severity_index(severity)].fetch_add(1, Ordering::Relaxed);
     }
@@ -130,5 +180,30 @@ impl AgentStats {
             u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use crate::stats::AgentStats;
+
+    #[test]
+    fn a_store_outage_is_reported_once_and_every_failure_counted() {
+        let stats = AgentStats::default();
+        assert_eq!(stats.store_writable(), None, "writable from the start");
+        assert!(stats.store_failed(|| "no space left".to_owned()));
+        assert!(!stats.store_failed(|| unreachable!("the first error stays")));
+        assert!(!stats.store_failed(|| unreachable!("the first error stays")));
+        assert_eq!(stats.store_errors.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            stats.store_fault().map(|f| f.error).as_deref(),
+            Some("no space left")
+        );
+        assert!(stats.store_writable().is_some(), "the outage ends once");
+        assert_eq!(stats.store_writable(), None);
+        assert_eq!(stats.store_fault(), None);
+        assert!(stats.store_failed(|| "again".to_owned()), "a new outage");
     }
 }

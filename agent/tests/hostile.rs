@@ -9,7 +9,7 @@ mod common;
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::net::{Shutdown, SocketAddr};
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{bin, cli_json, eventually};
+use common::{bin, cli_json, eventually, free_port};
 use sentineld_proto::codec::encode_to_vec;
 use sentineld_proto::v1::{Ack, Envelope, Handshake, Role, ScanBatch, envelope::Body};
 
@@ -41,13 +41,6 @@ struct Agent {
     socket: PathBuf,
     log: PathBuf,
     metrics: SocketAddr,
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 fn start_agent(dir: &Path, socket: &Path, extra: &[&str]) -> Agent {

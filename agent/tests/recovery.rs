@@ -17,143 +17,52 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
-use common::{bin, cli_json, eventually};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use common::{Reaped, cli_json, eventually, probe_exe, spawn_probe};
+use nix::sys::signal::Signal;
 
 const PATIENCE: Duration = Duration::from_secs(120);
 
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Reaped {
-    fn signal(&self, signal: Signal) {
-        let pid = Pid::from_raw(i32::try_from(self.0.id()).unwrap());
-        kill(pid, signal).unwrap();
-    }
-
-    /// SIGKILL and reap.
-    fn crash(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
 /// The agent in external mode, logging to `log`.
 fn agent(dir: &Path, log: &str, extra: &[&str]) -> Reaped {
-    Reaped(
-        common::agent_command()
-            .args(["--metrics-listen", "off", "--collector", "external"])
-            .args(["--no-builtin-rules"])
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--socket")
-            .arg(dir.join("agent.sock"))
-            .arg("--rules-dir")
-            .arg(dir.join("no-rules"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(dir.join(log)).unwrap())
-            .spawn()
-            .unwrap(),
+    common::external_agent(
+        &dir.join("state"),
+        &dir.join("agent.sock"),
+        &dir.join(log),
+        extra,
     )
 }
 
 /// procmond, started separately, logging to `log`.
 fn procmond(dir: &Path, log: &str, extra: &[&str]) -> Reaped {
-    Reaped(
-        Command::new(bin("procmond"))
-            .arg("--state-dir")
-            .arg(dir.join("procmond"))
-            .arg("--socket")
-            .arg(dir.join("agent.sock"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(dir.join(log)).unwrap())
-            .spawn()
-            .unwrap(),
+    common::procmond(
+        &dir.join("procmond"),
+        &dir.join("agent.sock"),
+        &dir.join(log),
+        extra,
     )
 }
 
-/// Copies `/bin/sleep` to `dir/name`, so its processes are named `name`.
-fn probe_exe(dir: &Path, name: &str) -> PathBuf {
-    let exe = dir.join(name);
-    std::fs::copy("/bin/sleep", &exe).unwrap();
-    exe
+fn stored(dir: &Path, name: &str) -> std::collections::BTreeMap<(u64, i64), usize> {
+    common::stored_instances(&dir.join("state"), name)
 }
 
-/// Starts `exe secs`. A binary just copied can be briefly "text file busy"
-/// while another test thread forks (the child holds the copy's descriptor
-/// until it execs), so that error is retried.
-fn spawn_probe(exe: &Path, secs: &str) -> Child {
-    let mut tries = 0;
-    loop {
-        match Command::new(exe).arg(secs).stdin(Stdio::null()).spawn() {
-            Ok(child) => return child,
-            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && tries < 200 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("spawn {}: {e}", exe.display()),
-        }
-    }
-}
-
-/// Every stored instance named `name`: (pid, start time) → rows.
-fn stored(dir: &Path, name: &str) -> BTreeMap<(u64, i64), usize> {
-    let sql = format!("SELECT pid, start_time FROM processes WHERE name = '{name}'");
-    let rows = cli_json(
-        &dir.join("state"),
-        &["query", &sql, "--all", "--format", "json"],
-    )
-    .unwrap_or_default();
-    let mut seen = BTreeMap::new();
-    for row in rows {
-        let pid = row["pid"].as_u64().unwrap_or(0);
-        let start = row["start_time"].as_i64().unwrap_or(0);
-        *seen.entry((pid, start)).or_insert(0) += 1;
-    }
-    seen
-}
-
-fn stored_pids(dir: &Path, name: &str) -> HashMap<u64, usize> {
-    let mut pids = HashMap::new();
-    for ((pid, _), n) in stored(dir, name) {
-        *pids.entry(pid).or_insert(0) += n;
-    }
-    pids
+fn stored_pids(dir: &Path, name: &str) -> std::collections::HashMap<u64, usize> {
+    common::stored_pids(&dir.join("state"), name)
 }
 
 fn log_text(dir: &Path, log: &str) -> String {
-    std::fs::read_to_string(dir.join(log)).unwrap_or_default()
+    common::log_text(&dir.join(log))
 }
 
-/// Waits until the log has a line containing every one of `parts`.
 fn wait_for_line(dir: &Path, log: &str, parts: &[&str]) -> bool {
-    eventually(PATIENCE, || {
-        log_text(dir, log)
-            .lines()
-            .any(|l| parts.iter().all(|p| l.contains(p)))
-            .then_some(())
-    })
-    .is_some()
+    common::wait_for_line(&dir.join(log), parts, PATIENCE)
 }
 
 const BEFORE: u8 = 0;

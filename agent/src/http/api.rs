@@ -245,6 +245,9 @@ pub(crate) struct Health<'a> {
     scan_interval_seconds: f64,
     wal_bytes: u64,
     store_bytes: u64,
+    store_writable: bool,
+    store_error: Option<&'a str>,
+    store_unwritable_seconds: Option<f64>,
     sink_states: Vec<SinkState<'a>>,
     missing_capabilities: &'a [String],
 }
@@ -255,8 +258,8 @@ struct SinkState<'a> {
     state: &'static str,
 }
 
-/// `/healthz`: healthy when the collector is connected and the last scan is
-/// younger than three scan intervals.
+/// `/healthz`: healthy when the collector is connected, the last scan is
+/// younger than three scan intervals and the store can be written.
 pub(crate) fn health(
     snapshot: &Snapshot,
     scan_interval: Duration,
@@ -280,6 +283,17 @@ pub(crate) fn health(
         )),
         Some(_) => {}
     }
+    let unwritable = agent
+        .store_fault
+        .as_ref()
+        .map(|fault| now.saturating_duration_since(fault.since));
+    if let (Some(fault), Some(unwritable)) = (&agent.store_fault, unwritable) {
+        problems.push(format!(
+            "store not writable for {:.1} s: {}",
+            unwritable.as_secs_f64(),
+            fault.error
+        ));
+    }
     let status = if problems.is_empty() {
         StatusCode::OK
     } else {
@@ -297,6 +311,9 @@ pub(crate) fn health(
         scan_interval_seconds: scan_interval.as_secs_f64(),
         wal_bytes: agent.wal_bytes,
         store_bytes: agent.store_bytes,
+        store_writable: agent.store_fault.is_none(),
+        store_error: agent.store_fault.as_ref().map(|f| f.error.as_str()),
+        store_unwritable_seconds: unwritable.map(|d| d.as_secs_f64()),
         sink_states: agent
             .sink_states
             .iter()

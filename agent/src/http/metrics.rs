@@ -261,6 +261,12 @@ impl Collector for SnapshotCollector {
             "Store writes that failed.",
             agent.store_errors,
         )?;
+        gauge(
+            enc,
+            "sentineld_store_writable",
+            "1 while the store can be written, 0 while it cannot (e.g. its disk is full).",
+            u64::from(agent.store_fault.is_none()),
+        )?;
         counter(
             enc,
             "sentineld_retention_passes",

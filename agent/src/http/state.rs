@@ -84,6 +84,9 @@ pub struct AgentCounters {
     pub scans_stored: u64,
     /// Store writes that failed.
     pub store_errors: u64,
+    /// Why the store cannot be written now (e.g. its disk is full), and
+    /// since when; `None` while it can.
+    pub store_fault: Option<crate::stats::StoreFault>,
     /// Retention passes finished.
     pub retention_passes: u64,
     /// Entries retention removed, by kind (`samples`, `instances`,

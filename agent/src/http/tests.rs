@@ -99,6 +99,7 @@ fn full_snapshot() -> Snapshot {
             batches_stored: 12,
             scans_stored: 10,
             store_errors: 1,
+            store_fault: None,
             retention_passes: 3,
             retention_pruned: vec![("samples", 40), ("instances", 2), ("scans", 9)],
             collector_restarts: 2,
@@ -345,6 +346,7 @@ async fn metrics_in_openmetrics_have_every_family() {
     assert_eq!(value(&s, "sentineld_records_stored_total", &[]), 1234.0);
     assert_eq!(value(&s, "sentineld_batches_stored_total", &[]), 12.0);
     assert_eq!(value(&s, "sentineld_store_errors_total", &[]), 1.0);
+    assert_eq!(value(&s, "sentineld_store_writable", &[]), 1.0);
     assert_eq!(value(&s, "sentineld_retention_passes_total", &[]), 3.0);
     assert_eq!(
         value(
@@ -737,6 +739,25 @@ async fn healthz_is_200_only_when_connected_and_fresh() {
     assert_eq!(body["sink_states"][1]["state"], "open");
     assert_eq!(body["missing_capabilities"][0], "CAP_SYS_PTRACE");
     assert!(body["last_scan_age_seconds"].as_f64().unwrap() < 15.0);
+    assert_eq!(body["store_writable"], true);
+    assert_eq!(body["store_error"], serde_json::Value::Null);
+
+    let mut full = snapshot.clone();
+    full.agent.store_fault = Some(crate::stats::StoreFault {
+        error: "No space left on device (os error 28) on /var".to_owned(),
+        since: Instant::now(),
+    });
+    state.set(full);
+    let reply = get(addr, "/healthz").await;
+    assert_eq!(reply.status, 503);
+    let body = reply.json();
+    assert_eq!(body["store_writable"], false);
+    assert!(body["store_unwritable_seconds"].as_f64().is_some());
+    let problem = body["problems"][0].as_str().unwrap();
+    assert!(
+        problem.starts_with("store not writable") && problem.contains("No space left"),
+        "{problem}"
+    );
 
     let mut disconnected = snapshot.clone();
     disconnected.agent.collector_connected = false;

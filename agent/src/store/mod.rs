@@ -20,8 +20,8 @@ mod tests;
 use std::path::{Path, PathBuf};
 
 pub use alerts::{AlertWriter, NewAlert, NewDelivery};
-pub use retention::{Pruned, Pruner};
 pub use read::{HistoryPoint, ScanRow, StoreReader, StoredAlert, StoredInstance, StoredProcess};
+pub use retention::{Pruned, Pruner};
 pub use write::{BatchOutcome, Store};
 
 /// Why a store could not be opened, read or written.

@@ -1,5 +1,7 @@
 //! The writer: applies the collector's batches, one write transaction each.
 
+mod space;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -9,8 +11,10 @@ use prost::Message;
 use redb::{ConcurrencyMode, Database, ReadableTable, Table, TableHandle, WriteTransaction};
 use sentineld_proto::audit::ScanDigest;
 use sentineld_proto::v1::{Sample, ScanBatch};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::stats::AgentStats;
 use crate::store::alerts::{self, AlertWriter};
 use crate::store::schema::{
     self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, META, SAMPLES, SCAN_KEYS, SCANS,
@@ -44,6 +48,8 @@ pub struct Store {
     next_scan_id: u64,
     /// The scan whose chunks are arriving, until its last chunk.
     pending: Option<PendingScan>,
+    /// Whether writes wait for space when the disk is full.
+    space: Arc<space::SpaceWatch>,
 }
 
 impl fmt::Debug for Store {
@@ -198,10 +204,20 @@ impl Store {
     /// Creates or opens the store at `path` (the file; its directory must
     /// exist), creates every table, and writes or checks `meta`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let space = Arc::new(space::SpaceWatch::new(path));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| StoreError::from_open(path, e.into(), false))?;
+        let file = redb::backends::FileBackend::new(file)
+            .map_err(|e| StoreError::from_open(path, e, false))?;
         let db = Database::builder()
             .set_concurrency_mode(ConcurrencyMode::SingleWriter)
             .set_cache_size(WRITER_CACHE_BYTES)
-            .create(path)
+            .create_with_backend(space::SpaceWaitingFile::new(file, Arc::clone(&space)))
             .map_err(|e| StoreError::from_open(path, e, false))?;
         let txn = db.begin_write().in_store(path)?;
         let names: Vec<String> = txn
@@ -264,7 +280,15 @@ impl Store {
             path: path.to_path_buf(),
             next_scan_id,
             pending: None,
+            space,
         })
+    }
+
+    /// From now on a write that finds the disk full waits for space instead
+    /// of failing (which would leave the database unusable until reopened),
+    /// and reports the outage to `stats`; at shutdown `stop` ends the wait.
+    pub(crate) fn wait_for_space(&self, stats: Arc<AgentStats>, stop: CancellationToken) {
+        self.space.arm(stats, stop);
     }
 
     /// The store's file.

@@ -3,10 +3,14 @@
 
 #![allow(dead_code, reason = "each test binary uses a part of these")]
 
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::Value;
 
 /// A workspace binary beside this package's `sentinelagent`.
@@ -82,8 +86,8 @@ impl Agent {
     }
 
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let pid = Pid::from_raw(i32::try_from(self.pid()).unwrap());
+        kill(pid, Signal::SIGTERM).unwrap();
         wait_timeout(&mut self.child, Duration::from_secs(20)).expect("agent exits after SIGTERM")
     }
 }
@@ -152,4 +156,155 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)>
     let status = text.split(' ').nth(1)?.parse().ok()?;
     let body = text.split_once("\r\n\r\n")?.1.to_owned();
     Some((status, body))
+}
+
+/// A child process, killed (by its pid) and reaped when dropped.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Reaped {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        let pid = Pid::from_raw(i32::try_from(self.0.id()).unwrap());
+        kill(pid, signal).unwrap();
+    }
+
+    /// SIGKILL and reap.
+    pub fn crash(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+/// The agent in external collector mode: its store in `state`, listening on
+/// `socket`, logging to `log`. No HTTP endpoint unless `extra` asks for one
+/// (`--metrics-listen ADDR`).
+pub fn external_agent(state: &Path, socket: &Path, log: &Path, extra: &[&str]) -> Reaped {
+    let rules = state.parent().unwrap_or(state).join("no-rules");
+    let mut command = agent_command();
+    if !extra.contains(&"--metrics-listen") {
+        command.args(["--metrics-listen", "off"]);
+    }
+    Reaped(
+        command
+            .args(["--collector", "external", "--no-builtin-rules"])
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--socket")
+            .arg(socket)
+            .arg("--rules-dir")
+            .arg(rules)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// procmond, started separately: its state (write-ahead log, ledger) in
+/// `state`, sending to `socket`, logging to `log`.
+pub fn procmond(state: &Path, socket: &Path, log: &Path, extra: &[&str]) -> Reaped {
+    Reaped(
+        Command::new(bin("procmond"))
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--socket")
+            .arg(socket)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Copies `/bin/sleep` to `dir/name`, so its processes are named `name`.
+pub fn probe_exe(dir: &Path, name: &str) -> PathBuf {
+    let exe = dir.join(name);
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    exe
+}
+
+/// Starts `exe secs`. A binary just copied can be briefly "text file busy"
+/// while another test thread forks (the child holds the copy's descriptor
+/// until it execs), so that error is retried.
+pub fn spawn_probe(exe: &Path, secs: &str) -> Child {
+    let mut tries = 0;
+    loop {
+        match Command::new(exe).arg(secs).stdin(Stdio::null()).spawn() {
+            Ok(child) => return child,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && tries < 200 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("spawn {}: {e}", exe.display()),
+        }
+    }
+}
+
+/// Every instance named `name` in the store of `state`, live or exited:
+/// (pid, start time) → rows.
+pub fn stored_instances(state: &Path, name: &str) -> BTreeMap<(u64, i64), usize> {
+    stored_where(state, &format!("name = '{name}'"))
+}
+
+/// Every instance in the store of `state`, live or exited, that meets the
+/// SQL `condition`: (pid, start time) → rows.
+pub fn stored_where(state: &Path, condition: &str) -> BTreeMap<(u64, i64), usize> {
+    let sql = format!("SELECT pid, start_time FROM processes WHERE {condition}");
+    let rows = cli_json(state, &["query", &sql, "--all", "--format", "json"]).unwrap_or_default();
+    let mut seen = BTreeMap::new();
+    for row in rows {
+        let pid = row["pid"].as_u64().unwrap_or(0);
+        let start = row["start_time"].as_i64().unwrap_or(0);
+        *seen.entry((pid, start)).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Rows per pid of the instances named `name` in the store of `state`.
+pub fn stored_pids(state: &Path, name: &str) -> HashMap<u64, usize> {
+    let mut pids = HashMap::new();
+    for ((pid, _), n) in stored_instances(state, name) {
+        *pids.entry(pid).or_insert(0) += n;
+    }
+    pids
+}
+
+/// A log file's text so far; empty when it cannot be read.
+pub fn log_text(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// Lines of `log` that contain every one of `parts`.
+pub fn log_lines(log: &Path, parts: &[&str]) -> usize {
+    log_text(log)
+        .lines()
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .count()
+}
+
+/// Waits up to `limit` until `log` has a line containing every one of `parts`.
+pub fn wait_for_line(log: &Path, parts: &[&str], limit: Duration) -> bool {
+    eventually(limit, || (log_lines(log, parts) > 0).then_some(())).is_some()
+}
+
+/// A loopback address with a port free a moment ago.
+pub fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
