@@ -669,13 +669,17 @@ fn query_runs_the_rule_dialect_over_live_processes_with_parents() {
         dir.path(),
         &[
             "query",
-            "SELECT pid FROM processes WHERE user = 'alice'",
+            "SELECT pid, threads, parent_name FROM processes WHERE user = 'alice' ORDER BY pid",
             "--all",
         ],
     );
-    let mut all = pids(&all);
-    all.sort_unstable();
-    assert_eq!(all, vec![200, 201, 300]);
+    assert_eq!(pids(&all), vec![200, 201, 300]);
+    // Each with its latest sample: the second scan's, or for pid 300, which
+    // exited then, the first's.
+    let threads: Vec<&Value> = all.iter().map(|r| &r["threads"]).collect();
+    assert_eq!(threads, [3, 3, 2]);
+    assert_eq!(all[1]["parent_name"], "bash");
+    assert_eq!(all[2]["parent_name"], "systemd");
 
     let out = cli(dir.path(), &["query", "SELECT nmae FROM processes"]);
     assert_eq!(out.status.code(), Some(2));

@@ -1,18 +1,22 @@
 //! The read-only view: what `sentinelcli` (and the agent's API) query.
 
+use std::cmp::Ordering;
 use std::fmt;
+use std::iter::Peekable;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use redb::{
-    ConcurrencyMode, Database, Key, ReadOnlyDatabase, ReadOnlyTable, ReadTransaction,
-    ReadableDatabase, ReadableTable, TableDefinition, TableHandle, Value,
+    AccessGuard, ConcurrencyMode, Database, Key, Range, ReadOnlyDatabase, ReadOnlyTable,
+    ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, Value,
 };
 use sentineld_proto::v1::{ProcessRecord, Sample};
 use sentineld_proto::view::ProcessView;
 
 use crate::store::alerts::{ALERT_DELIVERIES, ALERT_IDS, ALERTS};
 use crate::store::schema::{
-    self, BY_PID, EXITS, INSTANCES, LATEST, LIVE, META, SAMPLES, SCANS, ScanRecord, ShowKey,
+    self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, META, SAMPLES, SCANS, ScanRecord,
+    ShowKey,
 };
 use crate::store::{RedbResultExt, StoreError};
 
@@ -32,6 +36,33 @@ impl fmt::Debug for StoreReader {
         f.debug_struct("StoreReader")
             .field("path", &self.path)
             .finish_non_exhaustive()
+    }
+}
+
+/// The value stored at `key` in a table walked in key order, skipping the
+/// smaller keys; the walk stays before the next larger key. redb orders
+/// integer-tuple keys as Rust's `Ord` does.
+fn value_at<'a, V: Value + 'static>(
+    rows: &mut Peekable<Range<'a, InstanceKey, V>>,
+    key: InstanceKey,
+    path: &Path,
+) -> Result<Option<AccessGuard<'a, V>>, StoreError> {
+    loop {
+        let ahead = match rows.peek() {
+            None => return Ok(None),
+            Some(Ok((k, _))) => k.value().cmp(&key),
+            // Taken (and returned) below.
+            Some(Err(_)) => Ordering::Less,
+        };
+        match ahead {
+            Ordering::Greater => return Ok(None),
+            Ordering::Less => {
+                rows.next().transpose().in_store(path)?;
+            }
+            Ordering::Equal => {
+                return Ok(rows.next().transpose().in_store(path)?.map(|(_, v)| v));
+            }
+        }
     }
 }
 
@@ -336,36 +367,61 @@ impl StoreReader {
     /// order (boot, start time, pid). Stops early, returning what it read,
     /// after `limit` instances.
     pub fn instances(&self, limit: Option<usize>) -> Result<Vec<StoredInstance>, StoreError> {
+        let keep = limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        if keep == 0 {
+            return Ok(out);
+        }
+        self.each_instance(|instance| {
+            out.push(instance);
+            if out.len() < keep {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every stored instance in key order (boot, start time,
+    /// pid), as [`StoreReader::instances`] returns them, until `f` breaks:
+    /// for callers that keep less than every decoded instance.
+    pub fn each_instance(
+        &self,
+        mut f: impl FnMut(StoredInstance) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
         let path = self.path.as_path();
         let txn = self.begin()?;
         let instances = self.table(&txn, INSTANCES)?;
         let latest = self.table(&txn, LATEST)?;
         let exits = self.table(&txn, EXITS)?;
-        let mut out = Vec::new();
-        for entry in instances
-            .iter()
-            .in_store(path)?
-            .take(limit.unwrap_or(usize::MAX))
-        {
+        // `latest` and `exits` have the same keys as `instances`: walk them
+        // alongside instead of looking each key up.
+        let mut latest = latest.iter().in_store(path)?.peekable();
+        let mut exits = exits.iter().in_store(path)?.peekable();
+        for entry in instances.iter().in_store(path)? {
             let (key, value) = entry.in_store(path)?;
             let key = key.value();
             let record: ProcessRecord =
                 schema::decode(path, value.value(), "instances", ShowKey(key))?;
-            let latest = match latest.get(key).in_store(path)? {
+            let latest = match value_at(&mut latest, key, path)? {
                 Some(v) => Some(schema::decode(path, v.value(), "latest", ShowKey(key))?),
                 None => None,
             };
-            let exited_ms = exits.get(key).in_store(path)?.map(|v| v.value());
-            out.push(StoredInstance {
+            let exited_ms = value_at(&mut exits, key, path)?.map(|v| v.value());
+            let instance = StoredInstance {
                 process: StoredProcess {
                     boot_id: schema::boot_bytes(key.0),
                     record,
                     latest,
                 },
                 exited_ms,
-            });
+            };
+            if f(instance).is_break() {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Stored alerts, newest first, at most `limit`.

@@ -1,10 +1,9 @@
 //! `sentinelcli query`: the rules' SQL dialect over the stored processes.
 
-use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use sentineld_agent::rules::{Record, Value, compile_query};
 use sentineld_agent::store::{StoreReader, StoredProcess};
-use sentineld_proto::view::ProcessView;
 
 use crate::args::QueryArgs;
 use crate::output::{self, Align};
@@ -17,42 +16,91 @@ const ROW_CAP: usize = 100_000;
 /// every stored instance, each with its parent's fields when the parent is
 /// stored too.
 pub(crate) fn records(reader: &StoreReader, all: bool) -> Result<Vec<Record>, CliError> {
-    let processes: Vec<StoredProcess> = if all {
-        reader
-            .instances(None)?
-            .into_iter()
-            .map(|i| i.process)
-            .collect()
+    let mut records = Records::default();
+    if all {
+        reader.each_instance(|i| {
+            records.push(&i.process);
+            ControlFlow::Continue(())
+        })?;
     } else {
-        reader.live()?
-    };
-    let views: Vec<ProcessView> = processes.iter().map(StoredProcess::view).collect();
-    // (boot, pid, start time) → index, and (boot, pid) → the latest start.
-    let mut exact: HashMap<([u8; 16], u32, i64), usize> = HashMap::new();
-    let mut by_pid: HashMap<([u8; 16], u32), (i64, usize)> = HashMap::new();
-    for (i, p) in processes.iter().enumerate() {
-        let instance = p.record.instance.unwrap_or_default();
-        exact.insert((p.boot_id, instance.pid, instance.start_time), i);
-        let slot = by_pid
-            .entry((p.boot_id, instance.pid))
-            .or_insert((instance.start_time, i));
-        if instance.start_time >= slot.0 {
-            *slot = (instance.start_time, i);
+        for p in reader.live()? {
+            records.push(&p);
         }
     }
-    Ok(processes
-        .iter()
-        .zip(&views)
-        .map(|(p, view)| {
-            let ppid = p.record.ppid;
-            let parent = if p.record.parent_start_time != 0 {
-                exact.get(&(p.boot_id, ppid, p.record.parent_start_time))
+    Ok(records.finish())
+}
+
+/// Records in the making. Each stored process becomes its record as soon
+/// as it is read (the decoded process and its view are dropped then: a
+/// store can hold a million instances); parents are filled in at the end,
+/// when every instance is known.
+#[derive(Default)]
+struct Records {
+    records: Vec<Record>,
+    /// Per record: (boot, ppid, the parent's start time or 0).
+    parents: Vec<([u8; 16], u32, i64)>,
+    /// (boot, pid, start time, index) of every record, sorted at the end
+    /// to find parents by binary search.
+    keys: Vec<([u8; 16], u32, i64, usize)>,
+}
+
+impl Records {
+    fn push(&mut self, p: &StoredProcess) {
+        let instance = p.record.instance.unwrap_or_default();
+        self.keys.push((
+            p.boot_id,
+            instance.pid,
+            instance.start_time,
+            self.records.len(),
+        ));
+        self.parents
+            .push((p.boot_id, p.record.ppid, p.record.parent_start_time));
+        self.records.push(Record::from_view(&p.view(), None));
+    }
+
+    /// The records with their parents' fields, as
+    /// `Record::from_view(view, Some(parent's view))` fills them. The
+    /// parent is the instance with the recorded parent start time, or,
+    /// when none was recorded, the latest-started instance with the ppid
+    /// (the last read among equals).
+    fn finish(self) -> Vec<Record> {
+        let Records {
+            mut records,
+            parents,
+            mut keys,
+        } = self;
+        keys.sort_unstable();
+        // The last key at or before (boot, pid, start, index), if it has
+        // that boot and pid.
+        let last_before = |boot: [u8; 16], pid: u32, (start, index): (i64, usize)| {
+            let n = keys.partition_point(|&k| k <= (boot, pid, start, index));
+            n.checked_sub(1)
+                .map(|n| keys[n])
+                .filter(|&(b, p, _, _)| (b, p) == (boot, pid))
+        };
+        for (i, (boot, ppid, parent_start)) in parents.into_iter().enumerate() {
+            let parent = if parent_start != 0 {
+                last_before(boot, ppid, (parent_start, usize::MAX))
+                    .filter(|&(_, _, s, _)| s == parent_start)
             } else {
-                by_pid.get(&(p.boot_id, ppid)).map(|(_, i)| i)
+                last_before(boot, ppid, (i64::MAX, usize::MAX))
             };
-            Record::from_view(view, parent.map(|&i| &views[i]))
-        })
-        .collect())
+            let Some((_, _, _, j)) = parent else { continue };
+            let p = &records[j];
+            let (name, exe, user, cmdline) = (
+                p.name.clone(),
+                p.exe.clone(),
+                p.user.clone(),
+                p.cmdline.join(" "),
+            );
+            let r = &mut records[i];
+            r.parent_name = Some(name);
+            r.parent_exe = exe;
+            r.parent_user = user;
+            r.parent_cmdline = Some(cmdline);
+        }
+        records
+    }
 }
 
 fn cell(value: &Value) -> String {
@@ -123,4 +171,63 @@ pub(crate) fn run(ctx: &mut Context<'_>, args: &QueryArgs) -> Result<(), CliErro
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sentineld_agent::rules::Record;
+    use sentineld_agent::store::StoredProcess;
+    use sentineld_proto::v1::{InstanceRef, ProcessRecord};
+
+    use crate::commands::query::Records;
+
+    fn process(boot: u8, pid: u32, start: i64, ppid: u32, parent_start: i64) -> StoredProcess {
+        StoredProcess {
+            boot_id: [boot; 16],
+            record: ProcessRecord {
+                instance: Some(InstanceRef {
+                    pid,
+                    start_time: start,
+                }),
+                ppid,
+                parent_start_time: parent_start,
+                name: format!("p{pid}@{start}"),
+                exe: format!("/bin/p{pid}"),
+                cmdline: vec![format!("p{pid}"), "-x".to_owned()],
+                user: "alice".to_owned(),
+                ..ProcessRecord::default()
+            },
+            latest: None,
+        }
+    }
+
+    #[test]
+    fn parents_by_start_time_else_the_latest_instance_of_the_ppid() {
+        let processes = [
+            process(1, 30, 400, 10, 0),
+            process(1, 10, 100, 1, 0),
+            process(1, 20, 200, 10, 100),
+            process(1, 10, 300, 1, 0),
+            process(1, 31, 500, 10, 150),
+            process(2, 40, 600, 10, 0),
+        ];
+        // Per process, the index of its parent: pid 20 names the start
+        // time of the first pid 10; pid 30 names none, so the latest pid 10;
+        // pid 31 names a start time no pid 10 has; pid 40 is on another
+        // boot; pid 1 is not stored.
+        let parents = [Some(3), None, Some(1), None, None, None];
+        let mut records = Records::default();
+        for p in &processes {
+            records.push(p);
+        }
+        let records = records.finish();
+        assert_eq!(records.len(), processes.len());
+        for ((record, p), parent) in records.iter().zip(&processes).zip(parents) {
+            let parent_view = parent.map(|j: usize| processes[j].view());
+            let expected = Record::from_view(&p.view(), parent_view.as_ref());
+            // Every field, so a parent field added to `from_view` and not
+            // here fails.
+            assert_eq!(format!("{record:?}"), format!("{expected:?}"));
+        }
+    }
 }
