@@ -406,7 +406,7 @@ fn csv_has_a_header_and_quotes_commas_and_quotes() {
     assert_eq!(
         lines[0],
         "pid,ppid,name,exe,cmdline,start_time,uid,user,status,threads,rss_bytes,vms_bytes,\
-         cpu_percent,open_fds,sha256,hash_status,hash_error,exe_deleted,container_id,\
+         swap_bytes,cpu_percent,open_fds,sha256,hash_status,hash_error,exe_deleted,container_id,\
          listening_ports"
     );
     assert_eq!(lines.len(), 2);
