@@ -7,12 +7,13 @@
 
 mod common;
 
-use common::{Agent, cli, cli_json, eventually};
+use common::{Agent, cli, cli_json, eventually, external_agent, procmond, wait_timeout};
 
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -241,4 +242,152 @@ fn verify_passes_untouched_and_names_each_tampering() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The ledger's sealed segments in `dir` (a state directory), oldest first.
+fn sealed(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = fs::read_dir(dir.join("procmond"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("ledger.") && name != "ledger.log"
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// A copy of the store and every ledger segment in a new state directory.
+fn copy_segments(from: &Path) -> TempDir {
+    let to = TempDir::new().unwrap();
+    fs::copy(from.join("store.redb"), to.path().join("store.redb")).unwrap();
+    fs::create_dir(to.path().join("procmond")).unwrap();
+    for item in fs::read_dir(from.join("procmond")).unwrap() {
+        let path = item.unwrap().path();
+        let name = path.file_name().unwrap().to_owned();
+        if name.to_string_lossy().starts_with("ledger.") {
+            fs::copy(&path, to.path().join("procmond").join(name)).unwrap();
+        }
+    }
+    to
+}
+
+#[test]
+fn verify_follows_the_chain_across_rotated_segments() {
+    let run = TempDir::new().unwrap();
+    let state = run.path();
+    let socket = state.join("sentineld.sock");
+    let mut agent = external_agent(state, &socket, &state.join("agent.log"), &[]);
+    let mut collector = procmond(
+        &state.join("procmond"),
+        &socket,
+        &state.join("procmond.log"),
+        &[
+            "--scan-interval",
+            "100ms",
+            "--ledger-segment-bytes",
+            "4KiB",
+            "--ledger-keep",
+            "100",
+        ],
+    );
+    eventually(Duration::from_secs(90), || {
+        let stored = cli_json(state, &["scans", "--format", "json"])?;
+        (sealed(state).len() >= 3 && stored.len() >= 20).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "procmond seals ledger segments: {:?}\n{}",
+            sealed(state),
+            common::log_text(&state.join("procmond.log"))
+        )
+    });
+    collector.signal(Signal::SIGTERM);
+    wait_timeout(&mut collector.0, Duration::from_secs(20)).expect("procmond exits");
+    agent.signal(Signal::SIGTERM);
+    wait_timeout(&mut agent.0, Duration::from_secs(20)).expect("the agent exits");
+
+    let segments = sealed(state);
+    for path in &segments {
+        assert!(
+            fs::metadata(path).unwrap().len() <= 4096,
+            "{}",
+            path.display()
+        );
+    }
+    let (code, report) = verify(state);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(
+        report["segments"].as_array().unwrap().len(),
+        segments.len() + 1
+    );
+    assert_eq!(report["rotated"], Value::Null);
+    assert!(
+        report["scans_matched"].as_u64().unwrap() >= 15,
+        "{report:#}"
+    );
+    let head = cli(state, &["audit", "head"]);
+    assert!(head.status.success());
+    let last: Value = serde_json::from_str(ledger_lines(state).last().unwrap()).unwrap();
+    assert!(String::from_utf8_lossy(&head.stdout).starts_with(&format!(
+        "{} {}",
+        last["seq"],
+        last["hash"].as_str().unwrap()
+    )));
+
+    // An entry in a sealed segment edited: the break names its file.
+    let copy = copy_segments(state);
+    let victim = sealed(copy.path())[1].clone();
+    let name = victim.file_name().unwrap().to_string_lossy().into_owned();
+    let text = fs::read_to_string(&victim).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[1] = lines[1].replacen("\"process_count\":", "\"process_count\":1", 1);
+    fs::write(&victim, lines.join("\n") + "\n").unwrap();
+    let p = fails_with(copy.path(), "chain", &[&name, "line 2", "edited"]);
+    assert_eq!(
+        (p["ledger_file"].as_str(), p["ledger_line"].as_u64()),
+        (Some(name.as_str()), Some(2))
+    );
+
+    // A sealed segment in the middle deleted: a break in the next one.
+    let copy = copy_segments(state);
+    let segments = sealed(copy.path());
+    fs::remove_file(&segments[1]).unwrap();
+    let next = segments[2]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    fails_with(copy.path(), "chain", &[&next, "missing before line 1"]);
+
+    // The oldest segment deleted: rotation, reported but intact.
+    let copy = copy_segments(state);
+    let segments = sealed(copy.path());
+    fs::remove_file(&segments[0]).unwrap();
+    let (code, report) = verify(copy.path());
+    assert_eq!(code, 0, "{report:#}");
+    let first: Value = serde_json::from_str(
+        fs::read_to_string(&segments[1])
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["rotated"]["first_seq"], first["seq"]);
+    assert_eq!(report["rotated"]["prev"], first["prev"]);
+    let table = cli(copy.path(), &["audit", "verify"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains(&format!(
+            "entries before {} were rotated away",
+            first["seq"]
+        )),
+        "{text}"
+    );
+    let head = cli(copy.path(), &["audit", "head", "--format", "json"]);
+    assert!(head.status.success());
+    let head: Value = serde_json::from_slice(&head.stdout).unwrap();
+    assert_eq!(head["rotated"]["first_seq"], first["seq"]);
 }

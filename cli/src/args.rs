@@ -73,8 +73,9 @@ pub enum AuditCommand {
 /// Which ledger `audit` reads.
 #[derive(Debug, Clone, Args)]
 pub struct LedgerArgs {
-    /// The ledger file, or the directory holding `ledger.log`. Default:
-    /// procmond's state directory under --state-dir (DIR/procmond).
+    /// The directory holding the ledger's segments (`ledger.log` and the
+    /// sealed `ledger.<seq>.log`), or one segment file. Default: procmond's
+    /// state directory under --state-dir (DIR/procmond).
     #[arg(long, value_name = "PATH")]
     pub ledger: Option<PathBuf>,
 }

@@ -9,6 +9,7 @@ use sentineld_common::time::parse_duration;
 
 use crate::collect::CollectorKind;
 use crate::daemon::DaemonConfig;
+use crate::ledger::LedgerConfig;
 use crate::scan::DEFAULT_CHUNK_RECORDS;
 use crate::scanner::ScanConfig;
 use crate::wal::{SyncPolicy, WalConfig};
@@ -82,6 +83,31 @@ pub struct Args {
     /// most this long after an append (group commit), e.g. `100ms`.
     #[arg(long, value_name = "every-batch|DURATION", default_value = "100ms", value_parser = parse_sync)]
     pub wal_sync: SyncPolicy,
+    /// Size past which the audit ledger's current segment (`ledger.log`)
+    /// is sealed as `ledger.<first entry>.log` and a new one started
+    /// (4KiB to 1GiB).
+    #[arg(long, value_name = "BYTES", default_value = "16MiB", value_parser = parse_segment_bytes)]
+    pub ledger_segment_bytes: u64,
+    /// Sealed ledger segments kept; the oldest are removed past it (1 to
+    /// 100000). With the defaults about 1 GiB, a month at a 1 s interval.
+    #[arg(long, value_name = "N", default_value_t = crate::ledger::DEFAULT_KEEP as u32,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub ledger_keep: u32,
+}
+
+/// Smallest and largest ledger segment: one entry is ~430 bytes, and the
+/// current segment is read whole when procmond starts.
+const LEDGER_SEGMENT_BYTES: std::ops::RangeInclusive<u64> = 4096..=(1 << 30);
+
+fn parse_segment_bytes(text: &str) -> Result<u64, String> {
+    let n = parse_size(text)?;
+    if LEDGER_SEGMENT_BYTES.contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "ledger segment of {n} bytes: use 4KiB to 1GiB (an entry is ~430 bytes, and procmond reads the current segment at start)"
+        ))
+    }
 }
 
 fn parse_budget(text: &str) -> Result<Duration, String> {
@@ -131,6 +157,10 @@ impl Args {
                 max_bytes: self.wal_max_bytes,
                 sync: self.wal_sync,
                 ..WalConfig::default()
+            },
+            ledger: LedgerConfig {
+                segment_bytes: self.ledger_segment_bytes,
+                keep: self.ledger_keep as usize,
             },
             socket: layout.socket,
             scan_interval: self.scan_interval,
@@ -200,6 +230,37 @@ mod tests {
         assert!(Args::try_parse_from(["procmond", "--chunk-records", "0"]).is_err());
         assert_eq!(d.scan.collector, CollectorKind::Auto);
         assert_eq!(d.scan.hash_rate, 256 << 20);
+        assert_eq!(d.ledger, LedgerConfig::default());
+    }
+
+    #[test]
+    fn ledger_bounds() {
+        let args = Args::parse_from([
+            "procmond",
+            "--ledger-segment-bytes",
+            "64KiB",
+            "--ledger-keep",
+            "3",
+        ]);
+        assert_eq!(
+            args.daemon_config().ledger,
+            LedgerConfig {
+                segment_bytes: 64 << 10,
+                keep: 3
+            }
+        );
+        for bad in [
+            ["--ledger-segment-bytes", "0"],
+            ["--ledger-segment-bytes", "100"],
+            ["--ledger-segment-bytes", "2GiB"],
+            ["--ledger-keep", "0"],
+            ["--ledger-keep", "1000000"],
+        ] {
+            let err = Args::try_parse_from(["procmond", bad[0], bad[1]]).unwrap_err();
+            assert!(err.to_string().contains(bad[0]), "{err}");
+        }
+        let err = Args::try_parse_from(["procmond", "--ledger-segment-bytes", "0"]).unwrap_err();
+        assert!(err.to_string().contains("4KiB to 1GiB"), "{err}");
     }
 
     #[test]

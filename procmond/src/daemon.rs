@@ -27,7 +27,7 @@ use tracing::{debug, error, info, warn};
 use crate::client::{self, Control};
 use crate::collect::{AnyCollector, Collector};
 use crate::error::Error;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, LedgerConfig};
 use crate::scan::Scan;
 use crate::scanner::{ScanConfig, Scanner};
 use crate::wal::{Wal, WalConfig};
@@ -39,6 +39,8 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// The write-ahead log's bound and sync policy.
     pub wal: WalConfig,
+    /// The audit ledger's segment size and how many sealed segments stay.
+    pub ledger: LedgerConfig,
     /// The agent's socket.
     pub socket: PathBuf,
     pub scan_interval: Duration,
@@ -86,7 +88,7 @@ pub async fn run_with_scanner<C: Collector + Send + 'static>(
         );
     }
     let wal = Arc::new(Mutex::new(wal));
-    let ledger = Ledger::open(&config.state_dir).map_err(Error::Ledger)?;
+    let ledger = Ledger::open(&config.state_dir, config.ledger).map_err(Error::Ledger)?;
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let (control_tx, control_rx) = std_mpsc::sync_channel::<Control>(1);
     let loop_cancel = cancel.clone();

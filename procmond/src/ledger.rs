@@ -105,6 +105,46 @@
 //! head hash (`sentinelcli audit head`, exported elsewhere) and the store's
 //! scans without a ledger entry are for.
 //!
+//! # Segments and rotation
+//!
+//! The ledger is a directory of segments: the current one, `ledger.log`,
+//! and sealed ones, `ledger.<seq>.log`, where `<seq>` is the `seq` of the
+//! segment's first entry, zero-padded to 20 digits (so names sort in chain
+//! order). The chain runs through them unchanged: the first entry of a
+//! segment has as `prev` the `hash` of the last entry of the one before.
+//!
+//! - When an append would take `ledger.log` past `--ledger-segment-bytes`
+//!   (default 16 MiB), procmond seals it: it creates and locks
+//!   `ledger.log.next`, renames `ledger.log` to `ledger.<first seq>.log`,
+//!   renames `ledger.log.next` to `ledger.log` and syncs the directory, then
+//!   appends. A crash between the renames leaves no `ledger.log` (and a
+//!   stray `ledger.log.next`, removed at the next start); that is read as an
+//!   empty current segment. A failed rotation is logged and the entry is
+//!   appended to the current segment anyway.
+//! - At most `--ledger-keep` sealed segments (default 64) are kept; the
+//!   oldest are removed after a rotation and at start, and the removal is
+//!   logged with the first entry that remains.
+//! - At start procmond reads only `ledger.log` (bounded by the segment
+//!   size) and the last line of the newest sealed segment, which gives the
+//!   head when `ledger.log` is empty, and the link the first entry of
+//!   `ledger.log` must follow. The recovery rules below apply to
+//!   `ledger.log`; a first entry that does not follow the newest sealed
+//!   segment is a break like any other.
+//! - `verify` on the directory walks the sealed segments in `seq` order, then
+//!   `ledger.log`, as one chain, holding one line at a time. A break names
+//!   the segment file and the line in it. A torn last line is only expected
+//!   in `ledger.log`; in a sealed segment it is a break.
+//! - When the oldest segment kept does not start at entry 1, the older ones
+//!   were rotated away: the chain is checked from its first entry, anchored
+//!   at that entry's `prev`, and reported as such ("entries before N were
+//!   rotated away; checked from entry N, whose prev is HASH: compare with a
+//!   head anchored earlier"). That is not a break, so deleting the oldest
+//!   segments cannot be told from rotation: that is what a head anchored
+//!   elsewhere is for. Cutting lines from the top of the oldest segment, or
+//!   deleting every sealed segment, is a break (the first entry is not the
+//!   one its file's name, or entry 1, says). Deleting, editing or reordering
+//!   a segment in the middle breaks the chain at the next entry.
+//!
 //! # Layout of this module
 //!
 //! Three sections: the scan digest (depends on `sha2`, `prost` and the
@@ -118,7 +158,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sentineld_proto::v1::ScanBatch;
-use tracing::warn;
+use tracing::{info, warn};
 
 pub use sentineld_common::ledger::*;
 pub use sentineld_proto::audit::*;
@@ -127,51 +167,110 @@ pub use sentineld_proto::audit::*;
 // The writer: procmond only.
 // ---------------------------------------------------------------------------
 
+/// Default size past which the current segment is sealed.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 16 << 20;
+
+/// Default number of sealed segments kept.
+pub const DEFAULT_KEEP: usize = 64;
+
+/// Name the next current segment is created under before the rotation
+/// renames it into place.
+const NEXT_NAME: &str = "ledger.log.next";
+
+/// How the ledger is bounded: the current segment is sealed when an append
+/// would take it past `segment_bytes`, and at most `keep` sealed segments
+/// are kept (the oldest are removed). Validated by procmond's arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerConfig {
+    pub segment_bytes: u64,
+    pub keep: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> LedgerConfig {
+        LedgerConfig {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            keep: DEFAULT_KEEP,
+        }
+    }
+}
+
 /// What [`Ledger::open`] repaired or noticed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Recovery {
     /// The torn last line that was cut off.
     pub torn: Option<TornTail>,
-    /// The break since the last reset that made open append a reset entry.
+    /// The break since the last reset (in the current segment, or its link
+    /// to the newest sealed one) that made open append a reset entry.
     pub reset: Option<Break>,
 }
 
-/// procmond's handle on its ledger: appends one entry per scan.
+/// procmond's handle on its ledger: appends one entry per scan, sealing
+/// the current segment when it is full.
 #[derive(Debug)]
 pub struct Ledger {
+    dir: PathBuf,
     path: PathBuf,
     file: File,
-    /// Length of the file after the last good append.
+    config: LedgerConfig,
+    /// Length of the current segment after the last good append.
     len: u64,
+    /// Sequence number of the current segment's first entry.
+    first_seq: Option<u64>,
     head: Option<(u64, [u8; 32])>,
     recovery: Recovery,
 }
 
+fn open_current(path: &Path, truncate: bool) -> Result<File, LedgerError> {
+    let mut options = OpenOptions::new();
+    options.read(true).append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o644);
+    let file = options.open(path).map_err(|source| LedgerError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(LedgerError::Locked {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(LedgerError::Open {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    }
+    if truncate {
+        file.set_len(0).map_err(|source| LedgerError::Truncate {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(file)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 impl Ledger {
-    /// Opens (or creates) `dir/ledger.log`, takes the writer's lock, cuts a
-    /// torn last line and appends a reset entry if the chain is broken
-    /// since the last one (see the module doc).
-    pub fn open(dir: &Path) -> Result<Ledger, LedgerError> {
+    /// Opens (or creates) the current segment `dir/ledger.log`, takes the
+    /// writer's lock, cuts a torn last line and appends a reset entry if
+    /// the chain is broken since the last one (see the module doc). Reads
+    /// only the current segment, and the end of the newest sealed one.
+    pub fn open(dir: &Path, config: LedgerConfig) -> Result<Ledger, LedgerError> {
         let path = dir.join(FILE_NAME);
-        let open_err = |source| LedgerError::Open {
+        std::fs::create_dir_all(dir).map_err(|source| LedgerError::Open {
             path: path.clone(),
             source,
-        };
-        std::fs::create_dir_all(dir).map_err(open_err)?;
-        let mut options = OpenOptions::new();
-        options.read(true).append(true).create(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o644);
-        let file = options.open(&path).map_err(open_err)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(LedgerError::Locked { path });
-            }
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(LedgerError::Open { path, source });
-            }
-        }
+        })?;
+        let file = open_current(&path, false)?;
+        // A rotation interrupted between its two renames leaves this behind.
+        let _ = std::fs::remove_file(dir.join(NEXT_NAME));
 
         let mut lines = read_lines(&file).map_err(|source| LedgerError::Read {
             path: path.clone(),
@@ -203,18 +302,34 @@ impl Ledger {
             lines.pop();
         }
 
+        let has_reset = lines
+            .iter()
+            .any(|l| l.entry.is_some_and(|e| e.kind == EntryKind::Reset));
+        // The newest sealed segment gives the head when the current one is
+        // empty, and the link its first entry must follow otherwise.
+        let sealed_head = if has_reset {
+            None
+        } else {
+            newest_sealed_head(dir)?
+        };
         let head = lines
             .iter()
             .rev()
-            .find_map(|l| l.entry.map(|e| (e.seq, e.hash)));
+            .find_map(|l| l.entry.map(|e| (e.seq, e.hash)))
+            .or(sealed_head);
+        let first_seq = lines.iter().find_map(|l| l.entry.map(|e| e.seq));
         let mut ledger = Ledger {
+            dir: dir.to_path_buf(),
             path,
             file,
+            config,
             len,
+            first_seq,
             head,
             recovery,
         };
-        if let Some(broken) = break_since_last_reset(&lines) {
+        let start = sealed_head.map_or((1, ZERO_HASH), |(seq, hash)| (seq.saturating_add(1), hash));
+        if let Some(broken) = break_since_last_reset(&lines, start) {
             warn!(
                 path = %ledger.path.display(),
                 %broken,
@@ -234,9 +349,11 @@ impl Ledger {
             ledger.push(EntryKind::Reset, &reset)?;
             ledger.recovery.reset = Some(broken);
         }
+        ledger.remove_old_segments();
         Ok(ledger)
     }
 
+    /// The current segment.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -284,6 +401,16 @@ impl Ledger {
         };
         let entry = Entry::seal(kind, seq, new, prev);
         let line = entry.to_line();
+        if self.len > 0 && self.len.saturating_add(line.len() as u64) > self.config.segment_bytes {
+            // An entry is never lost to a failed rotation: the current
+            // segment grows past its bound and the next append tries again.
+            match self.rotate() {
+                Ok(()) => self.remove_old_segments(),
+                Err(e) => {
+                    warn!(error = %e, "ledger: cannot seal the current segment; appending to it")
+                }
+            }
+        }
         let written = (&self.file)
             .write_all(line.as_bytes())
             .and_then(|()| self.file.sync_data());
@@ -297,19 +424,131 @@ impl Ledger {
                 source,
             });
         }
+        if self.len == 0 {
+            self.first_seq = Some(seq);
+        }
         self.len += line.len() as u64;
         self.head = Some((seq, entry.hash));
         Ok(entry)
     }
+
+    /// Seals the current segment as `ledger.<first seq>.log` and starts an
+    /// empty one. The new file is created and locked first, so the
+    /// writer's lock is never let go; each rename is atomic and the
+    /// directory is synced after them. A crash between the renames leaves
+    /// no current segment, which open treats as empty (its head comes
+    /// from the newest sealed segment).
+    fn rotate(&mut self) -> Result<(), LedgerError> {
+        let first = self.first_seq.or(self.head.map(|h| h.0)).unwrap_or(1);
+        let sealed = self.dir.join(segment_name(first));
+        let rotate_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LedgerError::Rotate { path, source }
+        };
+        if sealed.exists() {
+            return Err(LedgerError::Rotate {
+                path: sealed,
+                source: std::io::ErrorKind::AlreadyExists.into(),
+            });
+        }
+        let next_path = self.dir.join(NEXT_NAME);
+        let next = open_current(&next_path, true)?;
+        std::fs::rename(&self.path, &sealed).map_err(rotate_err(&sealed))?;
+        std::fs::rename(&next_path, &self.path).map_err(rotate_err(&self.path))?;
+        sync_dir(&self.dir).map_err(rotate_err(&self.dir))?;
+        info!(
+            sealed = %sealed.display(),
+            first_seq = first,
+            last_seq = self.head.map_or(0, |h| h.0),
+            bytes = self.len,
+            "ledger: segment sealed"
+        );
+        self.file = next;
+        self.len = 0;
+        self.first_seq = None;
+        Ok(())
+    }
+
+    /// Removes the oldest sealed segments past `keep`; logs the first entry
+    /// that remains. Failures are logged: the ledger only grows longer.
+    fn remove_old_segments(&self) {
+        let sealed = match sealed_segments(&self.dir) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                warn!(dir = %self.dir.display(), error = %e, "ledger: cannot list the sealed segments");
+                return;
+            }
+        };
+        let excess = sealed.len().saturating_sub(self.config.keep);
+        if excess == 0 {
+            return;
+        }
+        let mut removed = 0usize;
+        for (_, path) in &sealed[..excess] {
+            match std::fs::remove_file(path) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "ledger: cannot remove an old sealed segment");
+                    break;
+                }
+            }
+        }
+        if removed == 0 {
+            return;
+        }
+        if let Err(e) = sync_dir(&self.dir) {
+            warn!(dir = %self.dir.display(), error = %e, "ledger: cannot sync the directory");
+        }
+        let first_kept = sealed
+            .get(removed)
+            .map_or_else(|| self.first_seq.unwrap_or(0), |(seq, _)| *seq);
+        info!(
+            removed,
+            first_kept_seq = first_kept,
+            keep = self.config.keep,
+            "ledger: oldest sealed segments removed; entries before first_kept_seq are rotated away"
+        );
+    }
 }
 
-/// The first break in the chain since the last reset entry (or the start).
-fn break_since_last_reset(lines: &[RawLine]) -> Option<Break> {
+/// Sequence number and hash of the last entry of the newest sealed
+/// segment in `dir`, read from its end; `None` when there is none. When
+/// its last line is not an entry (sealed segments are never written
+/// again, so it was tampered with), the whole segment, which is bounded,
+/// is read for the last entry that parses.
+fn newest_sealed_head(dir: &Path) -> Result<Option<(u64, [u8; 32])>, LedgerError> {
+    let sealed = sealed_segments(dir).map_err(|source| LedgerError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let Some((_, path)) = sealed.last() else {
+        return Ok(None);
+    };
+    let read_err = |source| LedgerError::Read {
+        path: path.clone(),
+        source,
+    };
+    if let Some(e) = last_entry(path).map_err(read_err)? {
+        return Ok(Some((e.seq, e.hash)));
+    }
+    warn!(path = %path.display(), "ledger: the newest sealed segment does not end with an entry");
+    let file = File::open(path).map_err(read_err)?;
+    Ok(read_lines(&file)
+        .map_err(read_err)?
+        .iter()
+        .rev()
+        .find_map(|l| l.entry.map(|e| (e.seq, e.hash))))
+}
+
+/// The first break in the current segment's chain since its last reset
+/// entry, or since its start, which follows entry `start.0 - 1` with hash
+/// `start.1` (the newest sealed segment's last, or nothing).
+fn break_since_last_reset(lines: &[RawLine], start: (u64, [u8; 32])) -> Option<Break> {
     let reset = lines
         .iter()
         .rposition(|l| l.entry.is_some_and(|e| e.kind == EntryKind::Reset));
     match reset {
-        None => walk(lines, 1, ZERO_HASH),
+        None => walk(lines, start.0, start.1),
         Some(i) => {
             let line = &lines[i];
             let e = line.entry.expect("the reset line parsed");
@@ -349,9 +588,13 @@ mod tests {
         }
     }
 
+    fn first_break(report: &VerifyReport) -> Option<Break> {
+        report.first_break.as_ref().map(|b| b.at)
+    }
+
     fn ledger_with(n: u64) -> (TempDir, Ledger) {
         let dir = TempDir::new().unwrap();
-        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let mut ledger = Ledger::open(dir.path(), LedgerConfig::default()).unwrap();
         for i in 1..=n {
             ledger.append(new_entry(i)).unwrap();
         }
@@ -379,43 +622,43 @@ mod tests {
         assert_eq!(head.0, 3);
         drop(ledger);
 
-        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let mut ledger = Ledger::open(dir.path(), LedgerConfig::default()).unwrap();
         assert_eq!(ledger.recovery(), Recovery::default());
         assert_eq!(ledger.head(), Some(head));
         let e4 = ledger.append(new_entry(4)).unwrap();
         assert_eq!((e4.seq, e4.prev), (4, head.1));
         ledger.append(new_entry(5)).unwrap();
 
-        let report = verify(dir.path()).unwrap();
+        let (report, entries) = verify(dir.path()).unwrap();
         assert!(report.is_intact(), "{:?}", report.first_break);
         assert_eq!(report.torn_tail, None);
         assert_eq!(report.head(), ledger.head());
-        let seqs: Vec<u64> = report.entries.iter().map(|l| l.entry.seq).collect();
+        let seqs: Vec<u64> = entries.iter().map(|l| l.entry.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
-        assert_eq!(report.entries[0].entry.prev, ZERO_HASH);
-        for pair in report.entries.windows(2) {
+        assert_eq!(entries[0].entry.prev, ZERO_HASH);
+        for pair in entries.windows(2) {
             assert_eq!(pair[1].entry.prev, pair[0].entry.hash);
         }
-        assert_eq!(report.entries[3].entry, e4);
-        assert_eq!(report.entries[3].line, 4);
+        assert_eq!(entries[3].entry, e4);
+        assert_eq!(entries[3].line, 4);
     }
 
     #[test]
     fn empty_and_missing_ledgers() {
         let dir = TempDir::new().unwrap();
         assert!(matches!(verify(dir.path()), Err(LedgerError::Open { .. })));
-        let ledger = Ledger::open(&dir.path().join("state")).unwrap();
+        let ledger = Ledger::open(&dir.path().join("state"), LedgerConfig::default()).unwrap();
         assert_eq!(ledger.head(), None);
-        let report = verify(ledger.path()).unwrap();
+        let (report, entries) = verify(ledger.path()).unwrap();
         assert!(report.is_intact());
-        assert!(report.entries.is_empty());
+        assert!(entries.is_empty());
         assert_eq!(report.head(), None);
     }
 
     #[test]
     fn a_second_writer_is_refused() {
         let (dir, _ledger) = ledger_with(1);
-        let err = Ledger::open(dir.path()).unwrap_err();
+        let err = Ledger::open(dir.path(), LedgerConfig::default()).unwrap_err();
         assert!(matches!(err, LedgerError::Locked { .. }), "{err}");
         assert!(err.to_string().contains("another process"));
     }
@@ -470,9 +713,12 @@ mod tests {
         let mut text = lines(&dir);
         text[2] = text[2].replace("\"process_count\":103", "\"process_count\":3");
         write_lines(&dir, &text);
-        let report = verify(dir.path()).unwrap();
-        assert_eq!(report.first_break, Some(Break::Edited { seq: 3, line: 3 }));
-        assert_eq!(report.entries.len(), 5);
+        let (report, entries) = verify(dir.path()).unwrap();
+        assert_eq!(
+            first_break(&report),
+            Some(Break::Edited { seq: 3, line: 3 })
+        );
+        assert_eq!(entries.len(), 5);
     }
 
     #[test]
@@ -485,8 +731,11 @@ mod tests {
         e.hash = e.computed_hash();
         text[2] = e.to_line().trim_end().to_owned();
         write_lines(&dir, &text);
-        let report = verify(dir.path()).unwrap();
-        assert_eq!(report.first_break, Some(Break::BadPrev { seq: 4, line: 4 }));
+        let (report, _) = verify(dir.path()).unwrap();
+        assert_eq!(
+            first_break(&report),
+            Some(Break::BadPrev { seq: 4, line: 4 })
+        );
     }
 
     #[test]
@@ -496,9 +745,9 @@ mod tests {
         let mut text = lines(&dir);
         text.remove(2);
         write_lines(&dir, &text);
-        let report = verify(dir.path()).unwrap();
+        let (report, _) = verify(dir.path()).unwrap();
         assert_eq!(
-            report.first_break,
+            first_break(&report),
             Some(Break::Deleted {
                 expected_seq: 3,
                 found_seq: 4,
@@ -506,16 +755,16 @@ mod tests {
             })
         );
         assert_eq!(
-            report.first_break.unwrap().to_string(),
+            first_break(&report).unwrap().to_string(),
             "entry 3 is missing before line 3"
         );
 
         let mut text = lines(&dir);
         text.remove(0);
         write_lines(&dir, &text);
-        let report = verify(dir.path()).unwrap();
+        let (report, _) = verify(dir.path()).unwrap();
         assert_eq!(
-            report.first_break,
+            first_break(&report),
             Some(Break::Deleted {
                 expected_seq: 1,
                 found_seq: 2,
@@ -531,9 +780,9 @@ mod tests {
         let mut text = lines(&dir);
         text.swap(1, 2);
         write_lines(&dir, &text);
-        let report = verify(dir.path()).unwrap();
+        let (report, _) = verify(dir.path()).unwrap();
         assert_eq!(
-            report.first_break,
+            first_break(&report),
             Some(Break::Reordered {
                 expected_seq: 2,
                 found_seq: 3,
@@ -547,9 +796,9 @@ mod tests {
         let mut text = lines(&dir);
         text.push(text[1].clone());
         write_lines(&dir, &text);
-        let report = verify(dir.path()).unwrap();
+        let (report, _) = verify(dir.path()).unwrap();
         assert_eq!(
-            report.first_break,
+            first_break(&report),
             Some(Break::Reordered {
                 expected_seq: 4,
                 found_seq: 2,
@@ -565,9 +814,9 @@ mod tests {
         let mut text = lines(&dir);
         text.insert(1, "x".repeat(10_000));
         write_lines(&dir, &text);
-        let report = verify(dir.path()).unwrap();
-        assert_eq!(report.first_break, Some(Break::Unparseable { line: 2 }));
-        let seen: Vec<u64> = report.entries.iter().map(|l| l.line).collect();
+        let (report, entries) = verify(dir.path()).unwrap();
+        assert_eq!(first_break(&report), Some(Break::Unparseable { line: 2 }));
+        let seen: Vec<u64> = entries.iter().map(|l| l.line).collect();
         assert_eq!(seen, vec![1, 3, 4], "lines are counted past a long one");
     }
 
@@ -585,12 +834,12 @@ mod tests {
         drop(f);
 
         // A reader beside the writer sees an append in progress, not a break.
-        let report = verify(&path).unwrap();
+        let (report, _) = verify(&path).unwrap();
         assert!(report.is_intact());
         assert_eq!(report.torn_tail, Some(TornTail { line: 4, bytes: 50 }));
         assert_eq!(report.head(), head);
 
-        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let mut ledger = Ledger::open(dir.path(), LedgerConfig::default()).unwrap();
         assert_eq!(
             ledger.recovery(),
             Recovery {
@@ -601,9 +850,9 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
         assert_eq!(ledger.head(), head);
         assert_eq!(ledger.append(new_entry(4)).unwrap().seq, 4);
-        let report = verify(&path).unwrap();
+        let (report, entries) = verify(&path).unwrap();
         assert!(report.is_intact());
-        assert_eq!((report.entries.len(), report.torn_tail), (4, None));
+        assert_eq!((entries.len(), report.torn_tail), (4, None));
     }
 
     #[test]
@@ -613,14 +862,14 @@ mod tests {
         let mut text = lines(&dir);
         text.push("{\"seq\":3,\"kind\":".into());
         write_lines(&dir, &text);
-        let report = verify(dir.path()).unwrap();
-        assert_eq!(report.first_break, Some(Break::Unparseable { line: 3 }));
+        let (report, _) = verify(dir.path()).unwrap();
+        assert_eq!(first_break(&report), Some(Break::Unparseable { line: 3 }));
 
-        let ledger = Ledger::open(dir.path()).unwrap();
+        let ledger = Ledger::open(dir.path(), LedgerConfig::default()).unwrap();
         assert_eq!(ledger.recovery().torn.map(|t| t.line), Some(3));
         assert_eq!(ledger.recovery().reset, None);
         drop(ledger);
-        assert!(verify(dir.path()).unwrap().is_intact());
+        assert!(verify(dir.path()).unwrap().0.is_intact());
     }
 
     #[test]
@@ -632,7 +881,7 @@ mod tests {
         write_lines(&dir, &text);
         let last = Entry::parse_line(text[3].as_bytes()).unwrap();
 
-        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let mut ledger = Ledger::open(dir.path(), LedgerConfig::default()).unwrap();
         let deleted = Break::Deleted {
             expected_seq: 2,
             found_seq: 3,
@@ -650,12 +899,12 @@ mod tests {
         assert_eq!((reset.seq, reset.prev), (6, last.hash));
 
         // The original break stays visible; the reset itself links.
-        let report = verify(dir.path()).unwrap();
-        assert_eq!(report.first_break, Some(deleted));
-        assert_eq!(report.entries.len(), 6);
+        let (report, entries) = verify(dir.path()).unwrap();
+        assert_eq!(first_break(&report), Some(deleted));
+        assert_eq!(entries.len(), 6);
 
         // The chain since the reset holds: no second reset.
-        let ledger = Ledger::open(dir.path()).unwrap();
+        let ledger = Ledger::open(dir.path(), LedgerConfig::default()).unwrap();
         assert_eq!(ledger.recovery(), Recovery::default());
         assert_eq!(ledger.head().map(|h| h.0), Some(7));
     }
@@ -667,7 +916,7 @@ mod tests {
         let mut text = lines(&dir);
         text.swap(0, 1);
         write_lines(&dir, &text);
-        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let mut ledger = Ledger::open(dir.path(), LedgerConfig::default()).unwrap();
         ledger.append(new_entry(5)).unwrap();
         ledger.append(new_entry(6)).unwrap();
         drop(ledger);
@@ -675,12 +924,181 @@ mod tests {
         let mut text = lines(&dir);
         text[5] = text[5].replace("\"exited\":1", "\"exited\":2");
         write_lines(&dir, &text);
-        let ledger = Ledger::open(dir.path()).unwrap();
+        let ledger = Ledger::open(dir.path(), LedgerConfig::default()).unwrap();
         assert_eq!(
             ledger.recovery().reset,
             Some(Break::Edited { seq: 6, line: 6 })
         );
         assert_eq!(ledger.head().map(|h| h.0), Some(7));
+    }
+
+    // Rotation.
+
+    const TINY: LedgerConfig = LedgerConfig {
+        segment_bytes: 4096,
+        keep: 100,
+    };
+
+    fn rotated_with(n: u64, config: LedgerConfig) -> (TempDir, Ledger, Vec<Entry>) {
+        let dir = TempDir::new().unwrap();
+        let mut ledger = Ledger::open(dir.path(), config).unwrap();
+        let entries = (1..=n)
+            .map(|i| ledger.append(new_entry(i)).unwrap())
+            .collect();
+        (dir, ledger, entries)
+    }
+
+    #[test]
+    fn the_ledger_rotates_at_its_segment_size_and_stays_one_chain() {
+        let (dir, ledger, written) = rotated_with(40, TINY);
+        let sealed = sealed_segments(dir.path()).unwrap();
+        assert!(sealed.len() >= 3, "{sealed:?}");
+        for (seq, path) in &sealed {
+            let len = std::fs::metadata(path).unwrap().len();
+            assert!(
+                len <= TINY.segment_bytes && len > TINY.segment_bytes / 2,
+                "{len}"
+            );
+            let text = std::fs::read_to_string(path).unwrap();
+            let first = Entry::parse_line(text.lines().next().unwrap().as_bytes()).unwrap();
+            assert_eq!(first.seq, *seq, "{} starts with its entry", path.display());
+        }
+        // The current segment's first entry links to the last sealed one.
+        let current = lines(&dir);
+        let first = Entry::parse_line(current[0].as_bytes()).unwrap();
+        assert_eq!(first.prev, written[first.seq as usize - 2].hash);
+
+        let (report, entries) = verify(dir.path()).unwrap();
+        assert!(report.is_intact(), "{:?}", report.first_break);
+        assert_eq!((report.entries, report.rotated.clone()), (40, None));
+        assert_eq!(report.files.len(), sealed.len() + 1);
+        assert_eq!(report.head(), ledger.head());
+        let seqs: Vec<u64> = entries.iter().map(|l| l.entry.seq).collect();
+        assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+        assert_eq!(*entries[0].file, *sealed[0].1);
+        assert_eq!(entries[0].line, 1);
+    }
+
+    #[test]
+    fn only_the_newest_sealed_segments_are_kept() {
+        let config = LedgerConfig {
+            segment_bytes: 4096,
+            keep: 2,
+        };
+        let (dir, ledger, written) = rotated_with(60, config);
+        let sealed = sealed_segments(dir.path()).unwrap();
+        assert_eq!(sealed.len(), 2, "{sealed:?}");
+        let oldest = sealed[0].0;
+        assert!(oldest > 1);
+
+        let (report, entries) = verify(dir.path()).unwrap();
+        assert!(report.is_intact(), "{:?}", report.first_break);
+        let rotated = report.rotated.clone().unwrap();
+        assert_eq!(rotated.first_seq, oldest);
+        assert_eq!(rotated.prev, written[oldest as usize - 2].hash);
+        assert_eq!(*rotated.file, *sealed[0].1);
+        assert!(
+            rotated
+                .to_string()
+                .starts_with(&format!("entries before {oldest} were rotated away"))
+        );
+        assert_eq!(entries[0].entry.seq, oldest);
+        assert_eq!(report.entries, 60 - oldest + 1);
+        assert_eq!(report.head(), ledger.head());
+
+        // A smaller keep takes effect when procmond starts again.
+        drop(ledger);
+        let keep_one = LedgerConfig { keep: 1, ..config };
+        let ledger = Ledger::open(dir.path(), keep_one).unwrap();
+        assert_eq!(ledger.recovery(), Recovery::default());
+        assert_eq!(sealed_segments(dir.path()).unwrap(), sealed[1..]);
+    }
+
+    #[test]
+    fn a_restart_after_rotation_takes_the_head_from_the_sealed_segment() {
+        let (dir, ledger, written) = rotated_with(20, TINY);
+        let head = ledger.head().unwrap();
+        drop(ledger);
+
+        // Reopened with entries in the current segment.
+        let ledger = Ledger::open(dir.path(), TINY).unwrap();
+        assert_eq!(
+            (ledger.recovery(), ledger.head()),
+            (Recovery::default(), Some(head))
+        );
+        drop(ledger);
+
+        // Reopened right after a rotation: the current segment is missing
+        // (a crash between the renames) or empty.
+        let first = Entry::parse_line(lines(&dir)[0].as_bytes()).unwrap().seq;
+        let current = dir.path().join(FILE_NAME);
+        std::fs::rename(&current, dir.path().join(segment_name(first))).unwrap();
+        std::fs::write(dir.path().join(NEXT_NAME), "").unwrap();
+        let mut ledger = Ledger::open(dir.path(), TINY).unwrap();
+        assert_eq!(
+            (ledger.recovery(), ledger.head()),
+            (Recovery::default(), Some(head))
+        );
+        assert!(!dir.path().join(NEXT_NAME).exists());
+        assert_eq!(std::fs::metadata(&current).unwrap().len(), 0);
+        let e = ledger.append(new_entry(21)).unwrap();
+        assert_eq!((e.seq, e.prev), (21, written[19].hash));
+        drop(ledger);
+        let (report, _) = verify(dir.path()).unwrap();
+        assert!(report.is_intact(), "{:?}", report.first_break);
+        assert_eq!(report.entries, 21);
+    }
+
+    #[test]
+    fn a_torn_tail_in_the_current_segment_is_cut_after_rotation() {
+        let (dir, ledger, _) = rotated_with(25, TINY);
+        let head = ledger.head().unwrap();
+        drop(ledger);
+        let current = dir.path().join(FILE_NAME);
+        let good = std::fs::metadata(&current).unwrap().len();
+        let partial = &Entry::seal(EntryKind::Scan, 26, &new_entry(26), head.1).to_line()[..70];
+        let mut f = OpenOptions::new().append(true).open(&current).unwrap();
+        f.write_all(partial.as_bytes()).unwrap();
+        drop(f);
+        let (report, _) = verify(dir.path()).unwrap();
+        assert!(report.is_intact());
+        assert_eq!(report.torn_tail.map(|t| t.bytes), Some(70));
+
+        let ledger = Ledger::open(dir.path(), TINY).unwrap();
+        assert_eq!(ledger.recovery().torn.map(|t| t.bytes), Some(70));
+        assert_eq!((ledger.recovery().reset, ledger.head()), (None, Some(head)));
+        assert_eq!(std::fs::metadata(&current).unwrap().len(), good);
+    }
+
+    #[test]
+    fn a_current_segment_that_does_not_link_to_the_sealed_one_gets_a_reset() {
+        let (dir, ledger, written) = rotated_with(20, TINY);
+        drop(ledger);
+        // The sealed segment's last entry deleted.
+        let (_, newest) = sealed_segments(dir.path()).unwrap().pop().unwrap();
+        let text = std::fs::read_to_string(&newest).unwrap();
+        let kept: Vec<&str> = text.lines().collect();
+        let last = Entry::parse_line(kept[kept.len() - 1].as_bytes()).unwrap();
+        let mut cut = kept[..kept.len() - 1].join("\n");
+        cut.push('\n');
+        std::fs::write(&newest, cut).unwrap();
+
+        let ledger = Ledger::open(dir.path(), TINY).unwrap();
+        let ledger_break = |seq: u64| Break::Deleted {
+            expected_seq: seq,
+            found_seq: seq + 1,
+            line: 1,
+        };
+        assert_eq!(ledger.recovery().reset, Some(ledger_break(last.seq)));
+        assert_eq!(ledger.head().map(|h| h.0), Some(21));
+        drop(ledger);
+        let (report, _) = verify(dir.path()).unwrap();
+        // Reported in the segment after the one cut (the reset may have
+        // sealed the current one).
+        let b = report.first_break.unwrap();
+        assert_eq!(b.at, ledger_break(last.seq));
+        assert_ne!(b.file, newest);
+        assert_eq!(written.len(), 20);
     }
 
     // Scan digest.
@@ -816,8 +1234,8 @@ mod tests {
         );
         assert_eq!((e.started, e.updated, e.exited, e.samples), (5, 1, 3, 10));
         assert_eq!((e.process_count, e.boot_id), (40, BOOT));
-        let report = verify(dir.path()).unwrap();
+        let (report, entries) = verify(dir.path()).unwrap();
         assert!(report.is_intact());
-        assert_eq!(report.entries[0].entry, e);
+        assert_eq!(entries[0].entry, e);
     }
 }

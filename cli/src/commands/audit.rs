@@ -1,19 +1,21 @@
 //! `sentinelcli audit verify|head`: checks procmond's audit ledger and the
 //! stored scans against it (`docs/audit-ledger.md`).
 //!
-//! `verify` walks the hash chain, then matches every ledger scan entry with
-//! the stored scan of the same (boot, time, scan number) and compares the
-//! scan digest the agent computed over what it received with the one
-//! procmond wrote when it collected the scan. Everything found is a
-//! problem with its position; the command fails (exit code 1) on any.
+//! `verify` walks the hash chain across the ledger's segments and, as it
+//! reads, matches every ledger scan entry with the stored scan of the same
+//! (boot, time, scan number) and compares the scan digest the agent
+//! computed over what it received with the one procmond wrote when it
+//! collected the scan. Everything found is a problem with its position
+//! (segment file and line); the command fails (exit code 1) on any. Ledger
+//! entries are not kept: memory grows with the stored scans only.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sentineld_agent::store::ScanRow;
 use sentineld_common::layout::StateLayout;
-use sentineld_common::ledger::{self, Entry, EntryKind, VerifyReport};
+use sentineld_common::ledger::{self, Entry, EntryKind, Located, VerifyReport};
 use sentineld_common::time::rfc3339_millis;
 use serde::Serialize;
 
@@ -27,22 +29,17 @@ const MAX_PROBLEMS: usize = 1000;
 /// Problems a table shows; JSON and CSV show all that were listed.
 const TABLE_PROBLEMS: usize = 20;
 
-/// The ledger `--ledger` names: a file, or a directory holding
-/// `ledger.log`; by default procmond's state directory under the agent's.
+/// The ledger `--ledger` names: one segment file, or the directory holding
+/// the segments (`ledger.log` and the sealed `ledger.<seq>.log`); by
+/// default procmond's state directory under the agent's.
 pub(crate) fn ledger_path(state_dir: Option<&Path>, args: &LedgerArgs) -> PathBuf {
-    let path = args
-        .ledger
+    args.ledger
         .clone()
-        .unwrap_or_else(|| StateLayout::resolve(state_dir, None).procmond_dir());
-    if path.is_dir() {
-        path.join(ledger::FILE_NAME)
-    } else {
-        path
-    }
+        .unwrap_or_else(|| StateLayout::resolve(state_dir, None).procmond_dir())
 }
 
-fn read_ledger(path: &Path) -> Result<VerifyReport, CliError> {
-    ledger::verify(path).map_err(|e| CliError::Audit(e.to_string()))
+fn read_ledger(path: &Path, each: impl FnMut(&Located)) -> Result<VerifyReport, CliError> {
+    ledger::verify_each(path, each).map_err(|e| CliError::Audit(e.to_string()))
 }
 
 /// What kind of problem `verify` found.
@@ -63,8 +60,10 @@ enum Kind {
 #[derive(Debug, Clone, Serialize)]
 struct Problem {
     kind: Kind,
-    /// Ledger entry and line, when the problem is tied to one.
+    /// Ledger entry, segment file and line in it, when the problem is tied
+    /// to one.
     ledger_seq: Option<u64>,
+    ledger_file: Option<String>,
     ledger_line: Option<u64>,
     /// Stored scan, when the problem is tied to one.
     scan_id: Option<u64>,
@@ -80,8 +79,30 @@ struct Head {
 
 #[derive(Debug, Serialize)]
 struct TornTail {
+    file: String,
     line: u64,
     bytes: u64,
+}
+
+/// The oldest segments were removed by rotation: the chain was checked
+/// from `first_seq`, anchored at its `prev`. Not a problem.
+#[derive(Debug, Serialize)]
+struct Rotated {
+    first_seq: u64,
+    prev: String,
+    file: String,
+    message: String,
+}
+
+impl Rotated {
+    fn of(report: &VerifyReport) -> Option<Rotated> {
+        report.rotated.as_ref().map(|r| Rotated {
+            first_seq: r.first_seq,
+            prev: hex::encode(r.prev),
+            file: ledger::file_name(&r.file),
+            message: r.to_string(),
+        })
+    }
 }
 
 /// The result of `verify`, as printed.
@@ -90,8 +111,12 @@ struct Audit {
     /// True only when the chain holds and every stored scan matches.
     intact: bool,
     ledger: String,
-    entries: usize,
+    /// The segment files walked, in chain order.
+    segments: Vec<String>,
+    entries: u64,
     head: Option<Head>,
+    /// Set when the oldest segments were rotated away.
+    rotated: Option<Rotated>,
     /// A last line without its newline (an append in progress or cut short
     /// by a crash): left out of the check, not a problem.
     torn_tail: Option<TornTail>,
@@ -136,95 +161,84 @@ fn describe(e: &Entry) -> String {
     )
 }
 
-/// Checks `report` (the ledger at `ledger`) against the stored `scans`.
-fn check(ledger: &Path, report: &VerifyReport, scans: &[ScanRow]) -> Audit {
-    let mut audit = Audit {
-        intact: false,
-        ledger: ledger.display().to_string(),
-        entries: report.entries.len(),
-        head: report.entries.last().map(|l| Head {
-            seq: l.entry.seq,
-            hash: hex::encode(l.entry.hash),
-            time: rfc3339_millis(l.entry.time_ms),
-        }),
-        torn_tail: report.torn_tail.map(|t| TornTail {
-            line: t.line,
-            bytes: t.bytes,
-        }),
-        scans_stored: scans.len(),
-        scans_matched: 0,
-        scans_not_whole: 0,
-        scans_without_digest: 0,
-        scans_before_ledger: 0,
-        entries_before_store: 0,
-        entries_not_yet_stored: 0,
-        problems_total: 0,
-        problems: Vec::new(),
-    };
-    if let Some(b) = report.first_break {
-        let line = match b {
-            ledger::Break::Unparseable { line }
-            | ledger::Break::Edited { line, .. }
-            | ledger::Break::Deleted { line, .. }
-            | ledger::Break::Reordered { line, .. }
-            | ledger::Break::BadPrev { line, .. } => line,
-        };
-        audit.problem(Problem {
-            kind: Kind::Chain,
-            ledger_seq: None,
-            ledger_line: Some(line),
-            scan_id: None,
-            message: format!("the hash chain breaks: {b}"),
-        });
+fn span(span: Option<(i64, i64)>, t: i64) -> Option<(i64, i64)> {
+    Some(span.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))))
+}
+
+/// Matches ledger entries with the stored `scans` as the chain is read:
+/// holds the scans (indexed) and counts, never the entries.
+struct Checker<'a> {
+    scans: &'a [ScanRow],
+    by_key: HashMap<ScanKey, &'a ScanRow>,
+    store_span: Option<(i64, i64)>,
+    ledger_span: Option<(i64, i64)>,
+    matched: HashSet<ScanKey>,
+    audit: Audit,
+}
+
+impl<'a> Checker<'a> {
+    fn new(ledger: &Path, scans: &'a [ScanRow]) -> Checker<'a> {
+        Checker {
+            scans,
+            by_key: scans
+                .iter()
+                .map(|s| ((s.boot_id, s.time_ms, s.scan_seq), s))
+                .collect(),
+            store_span: scans.iter().map(|s| s.time_ms).fold(None, span),
+            ledger_span: None,
+            matched: HashSet::new(),
+            audit: Audit {
+                intact: false,
+                ledger: ledger.display().to_string(),
+                segments: Vec::new(),
+                entries: 0,
+                head: None,
+                rotated: None,
+                torn_tail: None,
+                scans_stored: scans.len(),
+                scans_matched: 0,
+                scans_not_whole: 0,
+                scans_without_digest: 0,
+                scans_before_ledger: 0,
+                entries_before_store: 0,
+                entries_not_yet_stored: 0,
+                problems_total: 0,
+                problems: Vec::new(),
+            },
+        }
     }
 
-    let entries: Vec<_> = report
-        .entries
-        .iter()
-        .filter(|l| l.entry.kind == EntryKind::Scan)
-        .collect();
-    let ledger_span = entries
-        .iter()
-        .map(|l| l.entry.time_ms)
-        .fold(None, |span: Option<(i64, i64)>, t| {
-            Some(span.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))))
-        });
-    let store_span = scans
-        .iter()
-        .map(|s| s.time_ms)
-        .fold(None, |span: Option<(i64, i64)>, t| {
-            Some(span.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))))
-        });
-    let by_key: HashMap<ScanKey, &ScanRow> = scans
-        .iter()
-        .map(|s| ((s.boot_id, s.time_ms, s.scan_seq), s))
-        .collect();
-
-    let mut matched = std::collections::HashSet::new();
-    for located in &entries {
+    /// Checks one ledger entry against the store.
+    fn entry(&mut self, located: &Located) {
         let e = &located.entry;
+        if e.kind != EntryKind::Scan {
+            return;
+        }
+        self.ledger_span = span(self.ledger_span, e.time_ms);
+        let audit = &mut self.audit;
         let key = (e.boot_id, e.time_ms, e.scan_seq);
-        let Some(scan) = by_key.get(&key) else {
-            match store_span {
+        let Some(scan) = self.by_key.get(&key) else {
+            match self.store_span {
                 Some((lo, _)) if e.time_ms < lo => audit.entries_before_store += 1,
                 Some((_, hi)) if e.time_ms > hi => audit.entries_not_yet_stored += 1,
                 None => audit.entries_not_yet_stored += 1,
                 Some(_) => audit.problem(Problem {
                     kind: Kind::ScanMissing,
                     ledger_seq: Some(e.seq),
+                    ledger_file: Some(ledger::file_name(&located.file)),
                     ledger_line: Some(located.line),
                     scan_id: None,
                     message: format!(
-                        "ledger entry {} (line {}, {}) has no stored scan: deleted from the store, or never delivered",
+                        "ledger entry {} ({}, {}) has no stored scan: deleted from the store, or never delivered",
                         e.seq,
-                        located.line,
+                        located.position(),
                         describe(e)
                     ),
                 }),
             }
-            continue;
+            return;
         };
-        matched.insert(key);
+        self.matched.insert(key);
         let mut differs = Vec::new();
         if scan.process_count != e.process_count {
             differs.push(format!(
@@ -246,13 +260,14 @@ fn check(ledger: &Path, report: &VerifyReport, scans: &[ScanRow]) -> Audit {
             audit.problem(Problem {
                 kind: Kind::ScanDiffers,
                 ledger_seq: Some(e.seq),
+                ledger_file: Some(ledger::file_name(&located.file)),
                 ledger_line: Some(located.line),
                 scan_id: Some(scan.scan_id),
                 message: format!(
-                    "stored scan {} differs from ledger entry {} (line {}, {}): {}",
+                    "stored scan {} differs from ledger entry {} ({}, {}): {}",
                     scan.scan_id,
                     e.seq,
-                    located.line,
+                    located.position(),
                     describe(e),
                     differs.join("; ")
                 ),
@@ -260,39 +275,81 @@ fn check(ledger: &Path, report: &VerifyReport, scans: &[ScanRow]) -> Audit {
         }
     }
 
-    for scan in scans {
-        if matched.contains(&(scan.boot_id, scan.time_ms, scan.scan_seq)) {
-            continue;
-        }
-        match ledger_span {
-            Some((lo, _)) if scan.time_ms < lo => audit.scans_before_ledger += 1,
-            None => audit.scans_before_ledger += 1,
-            Some(_) => audit.problem(Problem {
-                kind: Kind::ScanUnknown,
+    /// The verdict, once the whole chain (`report`) was read.
+    fn finish(mut self, report: &VerifyReport) -> Audit {
+        let audit = &mut self.audit;
+        audit.segments = report.files.iter().map(|f| ledger::file_name(f)).collect();
+        audit.entries = report.entries;
+        audit.head = report.last.as_ref().map(|l| Head {
+            seq: l.entry.seq,
+            hash: hex::encode(l.entry.hash),
+            time: rfc3339_millis(l.entry.time_ms),
+        });
+        audit.rotated = Rotated::of(report);
+        audit.torn_tail = report.torn_tail.map(|t| TornTail {
+            file: report
+                .files
+                .last()
+                .map_or_else(String::new, |f| ledger::file_name(f)),
+            line: t.line,
+            bytes: t.bytes,
+        });
+        if let Some(b) = &report.first_break {
+            audit.problem(Problem {
+                kind: Kind::Chain,
                 ledger_seq: None,
-                ledger_line: None,
-                scan_id: Some(scan.scan_id),
-                message: format!(
-                    "stored scan {} (scan {} at {}) has no ledger entry: added to the store, or its entry was deleted",
-                    scan.scan_id,
-                    scan.scan_seq,
-                    rfc3339_millis(scan.time_ms)
-                ),
-            }),
+                ledger_file: Some(b.file_name()),
+                ledger_line: Some(b.at.line()),
+                scan_id: None,
+                message: format!("the hash chain breaks in {}: {}", b.file_name(), b.at),
+            });
         }
+        for scan in self.scans {
+            if self
+                .matched
+                .contains(&(scan.boot_id, scan.time_ms, scan.scan_seq))
+            {
+                continue;
+            }
+            match self.ledger_span {
+                Some((lo, _)) if scan.time_ms < lo => audit.scans_before_ledger += 1,
+                None => audit.scans_before_ledger += 1,
+                Some(_) => audit.problem(Problem {
+                    kind: Kind::ScanUnknown,
+                    ledger_seq: None,
+                    ledger_file: None,
+                    ledger_line: None,
+                    scan_id: Some(scan.scan_id),
+                    message: format!(
+                        "stored scan {} (scan {} at {}) has no ledger entry: added to the store, or its entry was deleted",
+                        scan.scan_id,
+                        scan.scan_seq,
+                        rfc3339_millis(scan.time_ms)
+                    ),
+                }),
+            }
+        }
+        // Chain order: the break first, then by ledger entry.
+        audit.problems.sort_by_key(|p| {
+            (
+                p.kind != Kind::Chain,
+                p.ledger_seq.unwrap_or(u64::MAX),
+                p.scan_id,
+            )
+        });
+        audit.intact = audit.problems_total == 0;
+        self.audit
     }
-    audit.problems.sort_by_key(|p| {
-        (
-            p.kind != Kind::Chain,
-            p.ledger_line.unwrap_or(u64::MAX),
-            p.scan_id,
-        )
-    });
-    audit.intact = audit.problems_total == 0;
-    audit
 }
 
-const PROBLEM_FIELDS: &[&str] = &["kind", "ledger_seq", "ledger_line", "scan_id", "message"];
+const PROBLEM_FIELDS: &[&str] = &[
+    "kind",
+    "ledger_seq",
+    "ledger_file",
+    "ledger_line",
+    "scan_id",
+    "message",
+];
 
 fn write_report(out: &mut dyn Write, format: Format, audit: &Audit) -> std::io::Result<()> {
     match format {
@@ -310,6 +367,7 @@ fn write_report(out: &mut dyn Write, format: Format, audit: &Audit) -> std::io::
                         .and_then(|v| v.as_str().map(str::to_owned))
                         .unwrap_or_default(),
                     output::csv_opt(p.ledger_seq),
+                    p.ledger_file.clone().unwrap_or_default(),
                     output::csv_opt(p.ledger_line),
                     output::csv_opt(p.scan_id),
                     p.message.clone(),
@@ -318,6 +376,15 @@ fn write_report(out: &mut dyn Write, format: Format, audit: &Audit) -> std::io::
         ),
         Format::Table => {
             writeln!(out, "ledger:   {}", audit.ledger)?;
+            if audit.segments.len() > 1 {
+                writeln!(
+                    out,
+                    "segments: {} ({} to {})",
+                    audit.segments.len(),
+                    audit.segments[0],
+                    audit.segments[audit.segments.len() - 1]
+                )?;
+            }
             match &audit.head {
                 Some(h) => writeln!(
                     out,
@@ -326,11 +393,14 @@ fn write_report(out: &mut dyn Write, format: Format, audit: &Audit) -> std::io::
                 )?,
                 None => writeln!(out, "entries:  0")?,
             }
+            if let Some(r) = &audit.rotated {
+                writeln!(out, "rotated:  {}", r.message)?;
+            }
             if let Some(t) = &audit.torn_tail {
                 writeln!(
                     out,
-                    "          last line {} ({} bytes) is incomplete: an append in progress or cut short, not checked",
-                    t.line, t.bytes
+                    "          last line {} of {} ({} bytes) is incomplete: an append in progress or cut short, not checked",
+                    t.line, t.file, t.bytes
                 )?;
             }
             writeln!(
@@ -385,9 +455,10 @@ fn write_report(out: &mut dyn Write, format: Format, audit: &Audit) -> std::io::
 }
 
 pub(crate) fn verify(ctx: &mut Context<'_>, ledger: &Path) -> Result<(), CliError> {
-    let report = read_ledger(ledger)?;
     let scans = ctx.reader.scans(None)?;
-    let audit = check(ledger, &report, &scans);
+    let mut checker = Checker::new(ledger, &scans);
+    let report = read_ledger(ledger, |l| checker.entry(l))?;
+    let audit = checker.finish(&report);
     write_report(ctx.out, ctx.format, &audit)?;
     if audit.intact {
         Ok(())
@@ -403,20 +474,31 @@ pub(crate) fn verify(ctx: &mut Context<'_>, ledger: &Path) -> Result<(), CliErro
     }
 }
 
+/// What `audit head` prints.
+#[derive(Debug, Serialize)]
+struct HeadOut {
+    seq: u64,
+    hash: String,
+    time: String,
+    /// Set when the oldest segments were rotated away.
+    rotated: Option<Rotated>,
+}
+
 /// `audit head`: the last entry's sequence number and hash, to anchor
 /// elsewhere. Needs no store.
 pub(crate) fn head(ledger: &Path, format: Format, out: &mut dyn Write) -> Result<(), CliError> {
-    let report = read_ledger(ledger)?;
-    let Some(last) = report.entries.last() else {
+    let report = read_ledger(ledger, |_| {})?;
+    let Some(last) = &report.last else {
         return Err(CliError::Audit(format!(
             "the ledger {} has no entries yet: procmond writes one per scan",
             ledger.display()
         )));
     };
-    let head = Head {
+    let head = HeadOut {
         seq: last.entry.seq,
         hash: hex::encode(last.entry.hash),
         time: rfc3339_millis(last.entry.time_ms),
+        rotated: Rotated::of(&report),
     };
     match format {
         Format::Json => {
@@ -425,15 +507,34 @@ pub(crate) fn head(ledger: &Path, format: Format, out: &mut dyn Write) -> Result
         }
         Format::Csv => output::write_csv(
             out,
-            &["seq", "hash", "time"],
-            std::iter::once(vec![head.seq.to_string(), head.hash, head.time]),
+            &[
+                "seq",
+                "hash",
+                "time",
+                "checked_from_seq",
+                "checked_from_prev",
+            ],
+            std::iter::once(vec![
+                head.seq.to_string(),
+                head.hash,
+                head.time,
+                output::csv_opt(head.rotated.as_ref().map(|r| r.first_seq)),
+                head.rotated.map(|r| r.prev).unwrap_or_default(),
+            ]),
         )?,
-        Format::Table => writeln!(out, "{} {} {}", head.seq, head.hash, head.time)?,
+        Format::Table => {
+            writeln!(out, "{} {} {}", head.seq, head.hash, head.time)?;
+            if let Some(r) = &head.rotated {
+                writeln!(out, "rotated: {}", r.message)?;
+            }
+        }
     }
-    if !report.is_intact() {
-        return Err(CliError::AuditFailed(
-            "the ledger's chain is broken: run `sentinelcli audit verify`".to_owned(),
-        ));
+    if let Some(b) = &report.first_break {
+        return Err(CliError::AuditFailed(format!(
+            "the ledger's chain is broken in {}: {}: run `sentinelcli audit verify`",
+            b.file_name(),
+            b.at
+        )));
     }
     Ok(())
 }
@@ -447,7 +548,9 @@ pub(crate) fn ledger_of(command: &AuditCommand) -> &LedgerArgs {
 
 #[cfg(test)]
 mod tests {
-    use sentineld_common::ledger::{Located, NewEntry, ZERO_HASH};
+    use std::sync::Arc;
+
+    use sentineld_common::ledger::{ChainBreak, NewEntry, ZERO_HASH};
 
     use super::*;
 
@@ -470,17 +573,25 @@ mod tests {
                 };
                 let entry = Entry::seal(EntryKind::Scan, seq, &new, prev);
                 prev = entry.hash;
-                Located { line: seq, entry }
+                Located {
+                    file: Arc::from(Path::new("ledger.log")),
+                    line: seq,
+                    entry,
+                }
             })
             .collect()
     }
 
-    fn report(entries: Vec<Located>) -> VerifyReport {
-        VerifyReport {
-            entries,
+    fn report(entries: Vec<Located>) -> (VerifyReport, Vec<Located>) {
+        let report = VerifyReport {
+            files: vec![PathBuf::from("ledger.log")],
+            entries: entries.len() as u64,
+            last: entries.last().cloned(),
+            rotated: None,
             first_break: None,
             torn_tail: None,
-        }
+        };
+        (report, entries)
     }
 
     fn row(seq: u64) -> ScanRow {
@@ -501,8 +612,12 @@ mod tests {
         }
     }
 
-    fn run(report: &VerifyReport, scans: &[ScanRow]) -> Audit {
-        check(Path::new("ledger.log"), report, scans)
+    fn run((report, entries): &(VerifyReport, Vec<Located>), scans: &[ScanRow]) -> Audit {
+        let mut checker = Checker::new(Path::new("ledger.log"), scans);
+        for l in entries {
+            checker.entry(l);
+        }
+        checker.finish(report)
     }
 
     #[test]
@@ -574,12 +689,48 @@ mod tests {
     #[test]
     fn a_chain_break_comes_first() {
         let mut r = report(chain(3));
-        r.first_break = Some(ledger::Break::Edited { seq: 2, line: 2 });
+        r.0.first_break = Some(ChainBreak {
+            file: PathBuf::from("ledger.00000000000000000001.log"),
+            at: ledger::Break::Edited { seq: 2, line: 2 },
+        });
         let mut scans: Vec<_> = (1..=3).map(row).collect();
         scans[0].digest = Some([0xee; 32]);
         let audit = run(&r, &scans);
         assert_eq!(audit.problems[0].kind, Kind::Chain);
-        assert!(audit.problems[0].message.contains("line 2"));
+        assert_eq!(
+            audit.problems[0].message,
+            "the hash chain breaks in ledger.00000000000000000001.log: \
+             entry 2 (line 2) was edited: its hash does not match"
+        );
+        assert_eq!(
+            audit.problems[0].ledger_file.as_deref(),
+            Some("ledger.00000000000000000001.log")
+        );
         assert_eq!(audit.problems_total, 2);
+    }
+
+    #[test]
+    fn a_rotated_prefix_is_reported_but_not_a_problem() {
+        let mut entries = chain(6);
+        entries.drain(..2);
+        let mut r = report(entries);
+        r.0.rotated = Some(ledger::Rotated {
+            first_seq: 3,
+            prev: r.1[0].entry.prev,
+            file: PathBuf::from("ledger.00000000000000000003.log"),
+        });
+        let scans: Vec<_> = (3..=6).map(row).collect();
+        let audit = run(&r, &scans);
+        assert!(audit.intact, "{audit:?}");
+        let rotated = audit.rotated.as_ref().unwrap();
+        assert_eq!(rotated.first_seq, 3);
+        assert!(rotated.message.starts_with(
+            "entries before 3 were rotated away; checked from entry 3, whose prev is "
+        ));
+        let mut text = Vec::new();
+        write_report(&mut text, Format::Table, &audit).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("rotated:  entries before 3"), "{text}");
+        assert!(text.contains("result:   intact"), "{text}");
     }
 }
