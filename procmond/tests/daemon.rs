@@ -1,6 +1,7 @@
 //! Daemon mode against a real local socket: handshake, snapshot, deltas,
 //! reconnection, version refusal and shutdown.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -190,30 +191,17 @@ async fn sends_a_snapshot_then_deltas_and_reconnects() {
     }
     assert!(delta.iter().all(|c| !c.snapshot));
     assert!(delta[0].scan_seq > snapshot[0].scan_seq);
-    // A sample goes out when a figure changed, and every SAMPLE_EVERYth
-    // scan regardless: within that many deltas this process is sampled.
-    let mut sampled = false;
-    for _ in 0..=procmond::scanner::SAMPLE_EVERY + 1 {
-        if delta.iter().all(|c| c.snapshot) {
-            delta = read_scan(&mut conn, &mut seqs).await;
-            continue;
-        }
-        assert!(delta.iter().all(|c| !c.snapshot));
-        assert!(delta.iter().all(|c| {
-            c.started
-                .iter()
-                .all(|r| r.instance.is_some_and(|i| i.pid != me))
-        }));
-        sampled = delta
+    let sampled: HashSet<u32> = delta
+        .iter()
+        .flat_map(|c| c.samples.iter())
+        .filter_map(|s| s.instance.map(|i| i.pid))
+        .collect();
+    assert!(sampled.contains(&me), "this process is sampled");
+    assert!(delta.iter().all(|c| {
+        c.started
             .iter()
-            .flat_map(|c| c.samples.iter())
-            .any(|s| s.instance.is_some_and(|i| i.pid == me));
-        if sampled {
-            break;
-        }
-        delta = read_scan(&mut conn, &mut seqs).await;
-    }
-    assert!(sampled, "this process is sampled");
+            .all(|r| r.instance.is_some_and(|i| i.pid != me))
+    }));
 
     // The agent goes away: procmond comes back with a new handshake
     // (sequence from 1 again), first replays from its write-ahead log what
