@@ -92,8 +92,10 @@ pub struct Scanner<C> {
     observed: Vec<Observed>,
     pending: HashMap<InstanceKey, PendingHash>,
     waiting: HashMap<FileKey, Waiters>,
+    /// Instances whose executable changed under the hashing worker (an
+    /// exec the collector had not seen yet): read again at the next scan.
+    reread: Vec<InstanceKey>,
     /// The processes whose ports a scan looks for, by pid.
-    port_targets: Vec<InstanceKey>,
     port_procs: Vec<crate::enrich::ports::Proc>,
 }
 
@@ -117,7 +119,7 @@ impl<C: Collector> Scanner<C> {
             observed: Vec::new(),
             pending: HashMap::new(),
             waiting: HashMap::new(),
-            port_targets: Vec::new(),
+            reread: Vec::new(),
             port_procs: Vec::new(),
         })
     }
@@ -258,11 +260,9 @@ impl<C: Collector> Scanner<C> {
         let Scanner {
             enricher,
             tracker,
-            port_targets,
             port_procs,
             ..
         } = self;
-        port_targets.clear();
         port_procs.clear();
         let swap_in_use = enricher.swap_in_use();
         for o in observed.iter().filter(|o| !o.kernel_thread) {
@@ -274,7 +274,6 @@ impl<C: Collector> Scanner<C> {
                 } else if ports_due || sample.swap_bytes.is_none() {
                     sample.swap_bytes = enricher.swapped(o.pid);
                 }
-                port_targets.push(key);
                 port_procs.push((key.pid, key.start_time));
             }
         }
@@ -282,9 +281,9 @@ impl<C: Collector> Scanner<C> {
             return PortStats::default();
         }
         enricher.listening_ports(port_procs, |i, ports| {
-            if let Some(sample) = port_targets
+            if let Some(sample) = port_procs
                 .get(i)
-                .and_then(|key| tracker.get_mut(key))
+                .and_then(|&(pid, start_time)| tracker.get_mut(&InstanceKey { pid, start_time }))
                 .and_then(|r| r.sample.as_mut())
                 && sample.listening_ports != ports
             {
@@ -296,8 +295,9 @@ impl<C: Collector> Scanner<C> {
 
     /// Reads again the record of each known instance that exec'd another
     /// program since the last scan (same pid and start time, new
-    /// executable, name and command line), keeping its latest sample; the
-    /// scan sends it as updated, and its new executable is hashed as a new
+    /// executable, name and command line), as the collector saw it or as
+    /// the hashing worker found it, keeping its latest sample; the scan
+    /// sends it as updated, and its new executable is hashed as a new
     /// instance's would be. Returns their keys.
     fn reread_execs(
         &mut self,
@@ -309,17 +309,24 @@ impl<C: Collector> Scanner<C> {
             hasher,
             users,
             tracker,
+            reread,
             ..
         } = self;
         let mut execs = Vec::new();
-        for &pid in collector.exec_changes() {
+        let pids = collector
+            .exec_changes()
+            .iter()
+            .copied()
+            .chain(reread.drain(..).map(|k| k.pid));
+        for pid in pids {
             let Ok(i) = observed.binary_search_by_key(&pid, |o| o.pid) else {
                 continue;
             };
             let o = &observed[i];
             let key = InstanceKey::of(o);
-            // A new instance's record was read in this scan already.
-            if tracker.is_new(&key) || tracker.get(&key).is_none() {
+            // A new instance's record was read in this scan already; one
+            // reported twice is read once.
+            if tracker.is_new(&key) || tracker.get(&key).is_none() || execs.contains(&key) {
                 continue;
             }
             let mut record = new_record(o, observed, &*collector, hasher, users, new_pending);
@@ -445,8 +452,12 @@ impl<C: Collector> Scanner<C> {
         for k in settled {
             self.pending.remove(&k);
             if changed {
-                self.reprobe(k);
-            } else if let Some(record) = self.tracker.get_mut(&k) {
+                // Its whole record, not only the executable, is read again
+                // at the next scan, when the collector has seen the exec.
+                self.reread.push(k);
+                continue;
+            }
+            if let Some(record) = self.tracker.get_mut(&k) {
                 done.outcome.fill(record.exe_info.get_or_insert_default());
             }
             if !snapshot && self.tracker.get(&k).is_some() && !self.tracker.is_new(&k) {
@@ -461,28 +472,6 @@ impl<C: Collector> Scanner<C> {
                     queued: false,
                 },
             );
-        }
-    }
-
-    /// Probes an instance's executable again, after it changed, and
-    /// records what runs now (hashing it if needed).
-    fn reprobe(&mut self, k: InstanceKey) {
-        let Some(record) = self.tracker.get_mut(&k) else {
-            return;
-        };
-        let probe = hash::probe_exe(k.pid, None, false, self.hasher.max_size());
-        if !probe.path.is_empty() {
-            record.exe.clone_from(&probe.path);
-        }
-        let (info, pending) = exe_info(probe, &mut self.hasher);
-        record.exe_info = Some(info);
-        if let Some(pending) = pending {
-            self.waiting
-                .entry(pending.key)
-                .or_default()
-                .instances
-                .push(k);
-            self.pending.insert(k, pending);
         }
     }
 }
@@ -806,7 +795,8 @@ mod tests {
         let probed = *s.pending.values().next().map(|p| &p.key).expect("pending");
 
         // The worker read another file through /proc/PID/exe (as after an
-        // exec): its digest is not taken, the executable is probed again.
+        // exec): its digest is not taken, and the whole record is read
+        // again at the next scan.
         let other = FileKey {
             inode: probed.inode + 1,
             ..probed
@@ -823,10 +813,17 @@ mod tests {
             &mut updated,
         );
         assert_eq!(status(record_of(&s, pid)), HashStatus::Pending);
-        assert_eq!(s.hashes_pending(), 1);
+        assert!(updated.is_empty(), "nothing to send before the re-read");
+        assert_eq!(s.hashes_pending(), 0);
 
+        let next = s.scan(false, Duration::ZERO);
+        assert_eq!(
+            next.updated.iter().map(pid_of).collect::<Vec<_>>(),
+            vec![pid],
+            "the record is read again and sent"
+        );
         for _ in 0..3000 {
-            if s.hashes_pending() == 0 {
+            if status(record_of(&s, pid)) == HashStatus::Ok {
                 break;
             }
             s.scan(false, Duration::ZERO);
