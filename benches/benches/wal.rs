@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use procmond::wal::{SyncPolicy, Wal, WalConfig};
-use sentineld_proto::v1::{InstanceRef, Sample, ScanBatch};
+use sentineld_benches::synthetic;
+use sentineld_proto::v1::ScanBatch;
 
 const T0: i64 = 1_790_000_000_000;
 
@@ -23,19 +24,7 @@ fn batch(records: u32, tick: u64) -> ScanBatch {
         time_ms: T0 + tick as i64 * 1000,
         process_count: records,
         samples: (0..records)
-            .map(|pid| Sample {
-                instance: Some(InstanceRef {
-                    pid,
-                    start_time: 1_789_000_000,
-                }),
-                cpu_percent: (tick % 100) as f32 / 10.0,
-                rss_bytes: 24_000_000 + u64::from(pid) * 4096,
-                vms_bytes: 1_200_000_000,
-                threads: 8,
-                open_fds: Some(42),
-                status: "S".into(),
-                ..Sample::default()
-            })
+            .map(|pid| synthetic::sample(pid, tick))
             .collect(),
         ..ScanBatch::default()
     }

@@ -84,6 +84,15 @@ pub struct DerivedCache {
 }
 
 impl Record {
+    /// Fills the parent columns from the parent's own record, as
+    /// [`Record::from_view`] fills them from the parent's view.
+    pub fn set_parent(&mut self, parent: &Record) {
+        self.parent_name = Some(parent.name.clone());
+        self.parent_exe.clone_from(&parent.exe);
+        self.parent_user.clone_from(&parent.user);
+        self.parent_cmdline = Some(parent.cmdline.join(" "));
+    }
+
     /// Builds a record from the user-facing view of a process and, when
     /// known, of its parent. `hash_changed` and `hash_denied` are left
     /// false for the caller to fill in.

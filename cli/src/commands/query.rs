@@ -86,18 +86,10 @@ impl Records {
                 last_before(boot, ppid, (i64::MAX, usize::MAX))
             };
             let Some((_, _, _, j)) = parent else { continue };
-            let p = &records[j];
-            let (name, exe, user, cmdline) = (
-                p.name.clone(),
-                p.exe.clone(),
-                p.user.clone(),
-                p.cmdline.join(" "),
-            );
-            let r = &mut records[i];
-            r.parent_name = Some(name);
-            r.parent_exe = exe;
-            r.parent_user = user;
-            r.parent_cmdline = Some(cmdline);
+            // Distinct: a process is never its own parent instance.
+            if let Ok([child, parent]) = records.get_disjoint_mut([i, j]) {
+                child.set_parent(parent);
+            }
         }
         records
     }
