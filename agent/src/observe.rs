@@ -139,6 +139,7 @@ impl StateSource for AgentState {
                 store_errors: s.store_errors.load(Relaxed),
                 store_fault: s.store_fault(),
                 retention_passes: s.retention_passes.load(Relaxed),
+                retention_failures: s.retention_failures.load(Relaxed),
                 retention_pruned: vec![
                     ("samples", s.retention_pruned_samples.load(Relaxed)),
                     ("instances", s.retention_pruned_instances.load(Relaxed)),

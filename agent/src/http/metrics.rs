@@ -273,6 +273,12 @@ impl Collector for SnapshotCollector {
             "Retention passes finished.",
             agent.retention_passes,
         )?;
+        counter(
+            enc,
+            "sentineld_retention_failures",
+            "Retention passes that failed (retried at the next pass).",
+            agent.retention_failures,
+        )?;
         family(
             enc,
             "sentineld_retention_pruned",

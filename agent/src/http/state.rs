@@ -89,6 +89,8 @@ pub struct AgentCounters {
     pub store_fault: Option<crate::stats::StoreFault>,
     /// Retention passes finished.
     pub retention_passes: u64,
+    /// Retention passes that failed (retried at the next pass).
+    pub retention_failures: u64,
     /// Entries retention removed, by kind (`samples`, `instances`,
     /// `scans`): `(kind, count)`.
     pub retention_pruned: Vec<(&'static str, u64)>,

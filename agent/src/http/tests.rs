@@ -101,6 +101,7 @@ fn full_snapshot() -> Snapshot {
             store_errors: 1,
             store_fault: None,
             retention_passes: 3,
+            retention_failures: 1,
             retention_pruned: vec![("samples", 40), ("instances", 2), ("scans", 9)],
             collector_restarts: 2,
             collector_connected: true,
@@ -348,6 +349,7 @@ async fn metrics_in_openmetrics_have_every_family() {
     assert_eq!(value(&s, "sentineld_store_errors_total", &[]), 1.0);
     assert_eq!(value(&s, "sentineld_store_writable", &[]), 1.0);
     assert_eq!(value(&s, "sentineld_retention_passes_total", &[]), 3.0);
+    assert_eq!(value(&s, "sentineld_retention_failures_total", &[]), 1.0);
     assert_eq!(
         value(
             &s,
