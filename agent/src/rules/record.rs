@@ -5,7 +5,10 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::OnceLock;
 
-use sentineld_proto::view::ProcessView;
+use sentineld_proto::v1::{HashStatus, ProcessRecord, Sample};
+use sentineld_proto::view::{ProcessView, hash_status_name};
+
+use crate::store::Parts;
 
 /// Suffix the kernel appends to `/proc/PID/exe` when the file was unlinked.
 const DELETED_SUFFIX: &str = " (deleted)";
@@ -84,13 +87,55 @@ pub struct DerivedCache {
 }
 
 impl Record {
-    /// Fills the parent columns from the parent's own record, as
+    /// Fills the parent columns from the parent's stored record, as
     /// [`Record::from_view`] fills them from the parent's view.
-    pub fn set_parent(&mut self, parent: &Record) {
+    pub fn set_parent_record(&mut self, parent: &ProcessRecord) {
         self.parent_name = Some(parent.name.clone());
-        self.parent_exe.clone_from(&parent.exe);
-        self.parent_user.clone_from(&parent.user);
+        self.parent_exe = non_empty(&parent.exe).map(str::to_owned);
+        self.parent_user = non_empty(&parent.user).map(str::to_owned);
         self.parent_cmdline = Some(parent.cmdline.join(" "));
+    }
+
+    /// Builds a record from a stored process and its latest sample, as
+    /// [`Record::from_view`] builds it from their view (without a parent),
+    /// but taking the strings instead of copying them twice: `sentinelcli
+    /// query` builds one per stored instance.
+    pub fn from_stored(record: ProcessRecord, latest: Option<Sample>) -> Record {
+        let instance = record.instance.unwrap_or_default();
+        let sample = latest.or(record.sample).unwrap_or_default();
+        let exe_info = record.exe_info.unwrap_or_default();
+        let status = exe_info.hash_status();
+        let sha256 = (status == HashStatus::Ok && exe_info.sha256.len() == 32)
+            .then(|| hex_string(&exe_info.sha256));
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        Record {
+            pid: instance.pid,
+            ppid: record.ppid,
+            start_time: instance.start_time,
+            name: record.name,
+            exe: some(record.exe),
+            cmdline: record.cmdline,
+            uid: record.uid,
+            user: some(record.user),
+            status: sample.status,
+            threads: sample.threads,
+            rss_bytes: sample.rss_bytes,
+            vms_bytes: sample.vms_bytes,
+            cpu_percent: sample.cpu_percent,
+            open_fds: sample.open_fds,
+            sha256,
+            hash_status: hash_status_name(status).to_owned(),
+            exe_deleted: exe_info.deleted,
+            container_id: some(record.container_id),
+            listening_ports: ports(&sample.listening_ports),
+            parent_name: None,
+            parent_exe: None,
+            parent_user: None,
+            parent_cmdline: None,
+            hash_changed: false,
+            hash_denied: false,
+            cache: DerivedCache::default(),
+        }
     }
 
     /// Builds a record from the user-facing view of a process and, when
@@ -116,11 +161,7 @@ impl Record {
             hash_status: view.hash_status.to_owned(),
             exe_deleted: view.exe_deleted,
             container_id: view.container_id.clone(),
-            listening_ports: view
-                .listening_ports
-                .iter()
-                .filter_map(|&p| u16::try_from(p).ok())
-                .collect(),
+            listening_ports: ports(&view.listening_ports),
             parent_name: parent.map(|p| p.name.clone()),
             parent_exe: parent.and_then(|p| p.exe.clone()),
             parent_user: parent.and_then(|p| p.user.clone()),
@@ -206,6 +247,31 @@ impl Record {
             Column::Argc => Val::Int(i64::try_from(self.cmdline.len()).unwrap_or(i64::MAX)),
         }
     }
+}
+
+/// Lowercase hex of `bytes` (at most 32), without `hex::encode`'s
+/// character-by-character collecting: a query renders up to a million.
+fn hex_string(bytes: &[u8]) -> String {
+    let mut buf = [0_u8; 64];
+    let Some(out) = buf.get_mut(..bytes.len() * 2) else {
+        return hex::encode(bytes);
+    };
+    if hex::encode_to_slice(bytes, out).is_err() {
+        return hex::encode(bytes);
+    }
+    String::from_utf8_lossy(out).into_owned()
+}
+
+/// The ports of a sample that are ports (the wire has `uint32`).
+fn ports(ports: &[u32]) -> Vec<u16> {
+    ports
+        .iter()
+        .filter_map(|&p| u16::try_from(p).ok())
+        .collect()
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
 }
 
 fn clamp_u64(n: u64) -> i64 {
@@ -360,6 +426,68 @@ columns! {
     Argc => "argc", Int, "number of arguments";
 }
 
+impl Column {
+    /// The parts of a stored process [`Record::from_stored`] fills this
+    /// column from: a reader that decodes only those reads it right.
+    pub fn stored_parts(self) -> Parts {
+        let none = Parts::default();
+        match self {
+            // From the instance, ppid and uid, always decoded; the parent
+            // columns from the parent's record; the hash facts from the
+            // caller.
+            Column::Pid
+            | Column::Ppid
+            | Column::StartTime
+            | Column::Uid
+            | Column::ParentName
+            | Column::ParentExe
+            | Column::ParentUser
+            | Column::ParentCmdline
+            | Column::HashChanged
+            | Column::HashDenied => none,
+            Column::Name => Parts { name: true, ..none },
+            Column::Exe | Column::ExeDir | Column::ExeName => Parts { exe: true, ..none },
+            Column::ExeDeleted => Parts {
+                exe: true,
+                exe_info: true,
+                ..none
+            },
+            Column::Cmdline | Column::CmdlineStr | Column::Argc => Parts {
+                cmdline: true,
+                ..none
+            },
+            Column::User => Parts { user: true, ..none },
+            Column::Sha256 | Column::HashStatus => Parts {
+                exe_info: true,
+                ..none
+            },
+            Column::ContainerId => Parts {
+                container_id: true,
+                ..none
+            },
+            Column::Status
+            | Column::Threads
+            | Column::RssBytes
+            | Column::VmsBytes
+            | Column::CpuPercent
+            | Column::OpenFds
+            | Column::ListeningPorts => Parts {
+                sample: true,
+                ..none
+            },
+        }
+    }
+
+    /// The parts [`Column::stored_parts`] names for every column `reads`
+    /// says is read.
+    pub fn parts_read_by(reads: impl Fn(Column) -> bool) -> Parts {
+        Column::ALL
+            .iter()
+            .filter(|&&c| reads(c))
+            .fold(Parts::default(), |parts, c| parts.union(c.stored_parts()))
+    }
+}
+
 impl fmt::Display for Column {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -458,5 +586,78 @@ mod tests {
         assert_eq!(r.listening_ports, vec![22, 8080], "not a port: dropped");
         let orphan = Record::from_view(&view, None);
         assert_eq!(orphan.parent_name, None);
+    }
+
+    #[test]
+    fn from_stored_is_from_view_without_the_copies() {
+        use sentineld_proto::v1::{ExeInfo, HashStatus, InstanceRef, ProcessRecord, Sample};
+        use sentineld_proto::view::ProcessView;
+
+        let sample = |status: &str, rss: u64| Sample {
+            status: status.into(),
+            threads: 3,
+            rss_bytes: rss,
+            vms_bytes: 2 * rss,
+            cpu_percent: 1.5,
+            open_fds: Some(7),
+            listening_ports: vec![22, 70_000, 443],
+            ..Sample::default()
+        };
+        let full = ProcessRecord {
+            instance: Some(InstanceRef {
+                pid: 42,
+                start_time: 1_704_164_645,
+            }),
+            ppid: 7,
+            name: "sshd".into(),
+            exe: "/usr/sbin/sshd (deleted)".into(),
+            cmdline: vec!["sshd:".into(), "alice".into()],
+            uid: Some(1000),
+            user: "alice".into(),
+            exe_info: Some(ExeInfo {
+                sha256: vec![0xab; 32],
+                hash_status: HashStatus::Ok.into(),
+                deleted: true,
+                ..ExeInfo::default()
+            }),
+            container_id: "c0ffee".into(),
+            parent_start_time: 99,
+            sample: Some(sample("sleeping", 10)),
+        };
+        let pending = ProcessRecord {
+            exe_info: Some(ExeInfo {
+                sha256: vec![0xab; 32],
+                hash_status: HashStatus::Pending.into(),
+                ..ExeInfo::default()
+            }),
+            ..full.clone()
+        };
+        let bare = ProcessRecord {
+            instance: Some(InstanceRef {
+                pid: 1,
+                // Past what RFC 3339 can show: the view prints plain seconds.
+                start_time: i64::MAX,
+            }),
+            ..ProcessRecord::default()
+        };
+        for (record, latest) in [
+            (full.clone(), None),
+            (full.clone(), Some(sample("running", 20))),
+            (pending, None),
+            (bare.clone(), None),
+            (ProcessRecord::default(), Some(sample("zombie", 0))),
+        ] {
+            let expected = Record::from_view(&ProcessView::new(&record, latest.as_ref()), None);
+            let got = Record::from_stored(record.clone(), latest);
+            // Every field, so a column added to one and not the other fails.
+            assert_eq!(format!("{got:?}"), format!("{expected:?}"), "{record:?}");
+        }
+        for parent in [full, bare] {
+            let view = ProcessView::new(&parent, None);
+            let expected = Record::from_view(&view, Some(&view));
+            let mut got = Record::from_stored(parent.clone(), None);
+            got.set_parent_record(&parent);
+            assert_eq!(format!("{got:?}"), format!("{expected:?}"), "{parent:?}");
+        }
     }
 }

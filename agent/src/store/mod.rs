@@ -20,7 +20,10 @@ mod tests;
 use std::path::{Path, PathBuf};
 
 pub use alerts::{AlertWriter, NewAlert, NewDelivery};
-pub use read::{HistoryPoint, ScanRow, StoreReader, StoredAlert, StoredInstance, StoredProcess};
+pub use read::{
+    HistoryPoint, ParentRef, Parts, ScanRow, Scope, Snapshot, StoreReader, StoredAlert,
+    StoredBytes, StoredInstance, StoredProcess,
+};
 pub use retention::{Pruned, Pruner};
 pub use write::{BatchOutcome, Store};
 

@@ -15,8 +15,8 @@ use sentineld_proto::view::ProcessView;
 
 use crate::store::alerts::{ALERT_DELIVERIES, ALERT_IDS, ALERTS};
 use crate::store::schema::{
-    self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, META, SAMPLES, SCANS, ScanRecord,
-    ShowKey,
+    self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, META, PidKey, SAMPLES, SCANS,
+    ScanRecord, ShowKey,
 };
 use crate::store::{RedbResultExt, StoreError};
 
@@ -226,41 +226,25 @@ impl StoreReader {
         })
     }
 
+    /// One consistent read of the store: what is read through it sees one
+    /// commit, however long the read takes and whatever the agent writes
+    /// meanwhile.
+    pub fn snapshot(&self) -> Result<Snapshot<'_>, StoreError> {
+        let txn = self.begin()?;
+        Ok(Snapshot {
+            path: &self.path,
+            instances: self.table(&txn, INSTANCES)?,
+            latest: self.table(&txn, LATEST)?,
+            exits: self.table(&txn, EXITS)?,
+            live: self.table(&txn, LIVE)?,
+            by_pid: self.table(&txn, BY_PID)?,
+        })
+    }
+
     /// Every instance alive at the latest scan, with its latest sample,
     /// sorted by pid (then start time).
     pub fn live(&self) -> Result<Vec<StoredProcess>, StoreError> {
-        let path = self.path.as_path();
-        let txn = self.begin()?;
-        let live = self.table(&txn, LIVE)?;
-        let instances = self.table(&txn, INSTANCES)?;
-        let latest = self.table(&txn, LATEST)?;
-        let mut out = Vec::new();
-        for entry in live.iter().in_store(path)? {
-            let (key, _) = entry.in_store(path)?;
-            let key = key.value();
-            let record = instances.get(key).in_store(path)?.ok_or_else(|| {
-                StoreError::corrupt(
-                    path,
-                    format!("table live, key {}: no record in instances", ShowKey(key)),
-                )
-            })?;
-            let record: ProcessRecord =
-                schema::decode(path, record.value(), "instances", ShowKey(key))?;
-            let latest = match latest.get(key).in_store(path)? {
-                Some(v) => Some(schema::decode(path, v.value(), "latest", ShowKey(key))?),
-                None => None,
-            };
-            out.push(StoredProcess {
-                boot_id: schema::boot_bytes(key.0),
-                record,
-                latest,
-            });
-        }
-        out.sort_by_key(|p| {
-            let i = p.record.instance.unwrap_or_default();
-            (i.pid, i.start_time)
-        });
-        Ok(out)
+        self.snapshot()?.live()
     }
 
     /// The samples of every stored instance that had `pid`, oldest first;
@@ -388,40 +372,9 @@ impl StoreReader {
     /// for callers that keep less than every decoded instance.
     pub fn each_instance(
         &self,
-        mut f: impl FnMut(StoredInstance) -> ControlFlow<()>,
+        f: impl FnMut(StoredInstance) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        let path = self.path.as_path();
-        let txn = self.begin()?;
-        let instances = self.table(&txn, INSTANCES)?;
-        let latest = self.table(&txn, LATEST)?;
-        let exits = self.table(&txn, EXITS)?;
-        // `latest` and `exits` have the same keys as `instances`: walk them
-        // alongside instead of looking each key up.
-        let mut latest = latest.iter().in_store(path)?.peekable();
-        let mut exits = exits.iter().in_store(path)?.peekable();
-        for entry in instances.iter().in_store(path)? {
-            let (key, value) = entry.in_store(path)?;
-            let key = key.value();
-            let record: ProcessRecord =
-                schema::decode(path, value.value(), "instances", ShowKey(key))?;
-            let latest = match value_at(&mut latest, key, path)? {
-                Some(v) => Some(schema::decode(path, v.value(), "latest", ShowKey(key))?),
-                None => None,
-            };
-            let exited_ms = value_at(&mut exits, key, path)?.map(|v| v.value());
-            let instance = StoredInstance {
-                process: StoredProcess {
-                    boot_id: schema::boot_bytes(key.0),
-                    record,
-                    latest,
-                },
-                exited_ms,
-            };
-            if f(instance).is_break() {
-                break;
-            }
-        }
-        Ok(())
+        self.snapshot()?.each_instance(f)
     }
 
     /// Stored alerts, newest first, at most `limit`.
@@ -470,5 +423,283 @@ impl StoreReader {
             out.push(value.value().to_vec());
         }
         Ok(out)
+    }
+}
+
+/// Which processes a query sees, and so which instance can be a parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The instances alive at the latest scan.
+    Live,
+    /// Every stored instance, live or exited.
+    All,
+}
+
+/// Where a process's parent is: its boot, the parent pid and, when the
+/// collector recorded it, the parent's start time (else 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParentRef {
+    pub boot_id: [u8; 16],
+    pub ppid: u32,
+    pub start_time: i64,
+}
+
+impl StoredProcess {
+    /// Where this process's parent is.
+    pub fn parent_ref(&self) -> ParentRef {
+        ParentRef {
+            boot_id: self.boot_id,
+            ppid: self.record.ppid,
+            start_time: self.record.parent_start_time,
+        }
+    }
+}
+
+/// Which parts of a stored process to decode (the instance, ppid, uid and
+/// parent start time always are); what is left out stays empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Parts {
+    pub name: bool,
+    pub exe: bool,
+    pub cmdline: bool,
+    pub user: bool,
+    /// Hash, hash status, deleted flag.
+    pub exe_info: bool,
+    pub container_id: bool,
+    /// The latest sample (or the record's first one when there is none).
+    pub sample: bool,
+}
+
+impl Parts {
+    /// Everything.
+    pub const ALL: Parts = Parts {
+        name: true,
+        exe: true,
+        cmdline: true,
+        user: true,
+        exe_info: true,
+        container_id: true,
+        sample: true,
+    };
+
+    /// What either decodes.
+    #[must_use]
+    pub fn union(self, other: Parts) -> Parts {
+        Parts {
+            name: self.name || other.name,
+            exe: self.exe || other.exe,
+            cmdline: self.cmdline || other.cmdline,
+            user: self.user || other.user,
+            exe_info: self.exe_info || other.exe_info,
+            container_id: self.container_id || other.container_id,
+            sample: self.sample || other.sample,
+        }
+    }
+}
+
+/// One stored instance as read, not yet decoded ([`Snapshot::each_stored`]).
+#[derive(Debug)]
+pub struct StoredBytes<'a> {
+    path: &'a Path,
+    key: InstanceKey,
+    record: &'a [u8],
+    latest: Option<&'a [u8]>,
+}
+
+impl StoredBytes<'_> {
+    /// Decodes `parts` of the instance (the latest sample only if it was
+    /// read: see [`Snapshot::each_stored`]).
+    pub fn decode(&self, parts: Parts) -> Result<StoredProcess, StoreError> {
+        let latest: Option<Sample> = match self.latest {
+            Some(bytes) if parts.sample => Some(schema::decode(
+                self.path,
+                bytes,
+                "latest",
+                ShowKey(self.key),
+            )?),
+            _ => None,
+        };
+        // Field numbers of `ProcessRecord` (proto/sentineld/v1).
+        let mut skip = 0_u64;
+        for (tag, wanted) in [
+            (3, parts.name),
+            (4, parts.exe),
+            (5, parts.cmdline),
+            (7, parts.user),
+            (8, parts.exe_info),
+            (9, parts.container_id),
+            (11, parts.sample && latest.is_none()),
+        ] {
+            if !wanted {
+                skip |= 1 << tag;
+            }
+        }
+        Ok(StoredProcess {
+            boot_id: schema::boot_bytes(self.key.0),
+            record: schema::decode_record(self.path, self.record, skip, self.key)?,
+            latest,
+        })
+    }
+}
+
+/// One consistent read of the store ([`StoreReader::snapshot`]).
+pub struct Snapshot<'r> {
+    path: &'r Path,
+    instances: ReadOnlyTable<InstanceKey, &'static [u8]>,
+    latest: ReadOnlyTable<InstanceKey, &'static [u8]>,
+    exits: ReadOnlyTable<InstanceKey, i64>,
+    live: ReadOnlyTable<InstanceKey, ()>,
+    by_pid: ReadOnlyTable<PidKey, ()>,
+}
+
+impl fmt::Debug for Snapshot<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Snapshot<'_> {
+    /// The stored record of one instance.
+    fn record(&self, key: InstanceKey) -> Result<Option<ProcessRecord>, StoreError> {
+        match self.instances.get(key).in_store(self.path)? {
+            Some(v) => Ok(Some(schema::decode_record(self.path, v.value(), 0, key)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every instance alive at the latest scan, with its latest sample,
+    /// sorted by pid (then start time).
+    pub fn live(&self) -> Result<Vec<StoredProcess>, StoreError> {
+        let path = self.path;
+        let mut out = Vec::new();
+        for entry in self.live.iter().in_store(path)? {
+            let (key, _) = entry.in_store(path)?;
+            let key = key.value();
+            let record = self.record(key)?.ok_or_else(|| {
+                StoreError::corrupt(
+                    path,
+                    format!("table live, key {}: no record in instances", ShowKey(key)),
+                )
+            })?;
+            let latest = match self.latest.get(key).in_store(path)? {
+                Some(v) => Some(schema::decode(path, v.value(), "latest", ShowKey(key))?),
+                None => None,
+            };
+            out.push(StoredProcess {
+                boot_id: schema::boot_bytes(key.0),
+                record,
+                latest,
+            });
+        }
+        out.sort_by_key(|p| {
+            let i = p.record.instance.unwrap_or_default();
+            (i.pid, i.start_time)
+        });
+        Ok(out)
+    }
+
+    /// Calls `f` with every stored instance in key order (boot, start time,
+    /// pid) until `f` breaks.
+    pub fn each_instance(
+        &self,
+        mut f: impl FnMut(StoredInstance) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let path = self.path;
+        // `exits` has the same keys as `instances`: walk it alongside.
+        let mut exits = self.exits.iter().in_store(path)?.peekable();
+        let mut failed = None;
+        self.each_stored(true, |stored| {
+            let read = stored.decode(Parts::ALL).and_then(|process| {
+                let exited_ms = value_at(&mut exits, stored.key, path)?.map(|v| v.value());
+                Ok(StoredInstance { process, exited_ms })
+            });
+            match read {
+                Ok(instance) => f(instance),
+                Err(e) => {
+                    failed = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Calls `f` with every stored instance in key order (boot, start time,
+    /// pid), undecoded, until `f` breaks: the caller decodes the parts it
+    /// needs ([`StoredBytes::decode`]). With `samples` false the latest
+    /// samples are not read at all.
+    pub fn each_stored(
+        &self,
+        samples: bool,
+        mut f: impl FnMut(&StoredBytes<'_>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let path = self.path;
+        // `latest` has the same keys as `instances`: walk it alongside
+        // instead of looking each key up.
+        let mut latest = if samples {
+            Some(self.latest.iter().in_store(path)?.peekable())
+        } else {
+            None
+        };
+        for entry in self.instances.iter().in_store(path)? {
+            let (key, value) = entry.in_store(path)?;
+            let key = key.value();
+            let latest = match &mut latest {
+                Some(rows) => value_at(rows, key, path)?,
+                None => None,
+            };
+            let stored = StoredBytes {
+                path,
+                key,
+                record: value.value(),
+                latest: latest.as_ref().map(AccessGuard::value),
+            };
+            if f(&stored).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The record of the parent `parent` names, among the instances of
+    /// `scope`: the instance with the recorded start time or, when none
+    /// was recorded, the latest-started instance with the parent pid on
+    /// that boot. `None` when no such instance is stored (or, for
+    /// [`Scope::Live`], none is alive).
+    pub fn parent(
+        &self,
+        parent: ParentRef,
+        scope: Scope,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        let path = self.path;
+        let boot = schema::boot_key(parent.boot_id);
+        let key = if parent.start_time != 0 {
+            (boot, parent.start_time, parent.ppid)
+        } else {
+            // The newest instance of the pid on this boot (in scope).
+            let range = (parent.ppid, boot, i64::MIN)..=(parent.ppid, boot, i64::MAX);
+            let mut found = None;
+            for entry in self.by_pid.range(range).in_store(path)?.rev() {
+                let (key, _) = entry.in_store(path)?;
+                let (pid, boot, start) = key.value();
+                let key = (boot, start, pid);
+                if scope == Scope::All || self.is_live(key)? {
+                    found = Some(key);
+                    break;
+                }
+            }
+            let Some(key) = found else { return Ok(None) };
+            key
+        };
+        if scope == Scope::Live && !self.is_live(key)? {
+            return Ok(None);
+        }
+        self.record(key)
+    }
+
+    fn is_live(&self, key: InstanceKey) -> Result<bool, StoreError> {
+        Ok(self.live.get(key).in_store(self.path)?.is_some())
     }
 }

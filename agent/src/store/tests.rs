@@ -9,7 +9,7 @@ use tempfile::TempDir;
 use crate::store::schema::{
     self, BY_PID, EXITS, INSTANCES, LATEST, LIVE, META, SAMPLES, SCAN_KEYS, SCANS,
 };
-use crate::store::{BatchOutcome, Store, StoreError, StoreReader};
+use crate::store::{BatchOutcome, ParentRef, Scope, Store, StoreError, StoreReader};
 
 const BOOT: [u8; 16] = [
     0x1f, 0x2e, 0x3d, 0x4c, 0x5b, 0x6a, 0x79, 0x88, 0x97, 0xa6, 0xb5, 0xc4, 0xd3, 0xe2, 0xf1, 0x00,
@@ -748,4 +748,167 @@ fn an_interrupted_retention_pass_keeps_what_it_did_and_the_next_finishes() {
     assert_eq!(first.samples + rest.samples, 38);
     assert_eq!(first.instances + rest.instances, 1);
     assert_eq!(first.scans + rest.scans, 9);
+}
+
+#[test]
+fn a_parent_is_the_recorded_instance_else_the_newest_of_its_pid_in_scope() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let mut store = Store::open(&path).unwrap();
+    let at = |pid: u32, start: i64| InstanceRef {
+        pid,
+        start_time: start,
+    };
+    let child = |pid: u32, start: i64, ppid: u32, parent_start: i64| ProcessRecord {
+        instance: Some(at(pid, start)),
+        ppid,
+        parent_start_time: parent_start,
+        name: format!("p{pid}@{start}"),
+        sample: None,
+        ..record(pid)
+    };
+    let first = ScanBatch {
+        snapshot: true,
+        started: vec![child(10, 100, 1, 0), child(20, 200, 10, 100)],
+        ..scan(1, T0)
+    };
+    // The first pid 10 exits; the pid is reused by a newer instance.
+    let second = ScanBatch {
+        started: vec![
+            child(10, 300, 1, 0),
+            child(30, 400, 10, 0),
+            child(31, 500, 10, 150),
+        ],
+        exited: vec![at(10, 100)],
+        ..scan(2, T0 + 1000)
+    };
+    let other_boot = ScanBatch {
+        snapshot: true,
+        started: vec![child(40, 600, 10, 0)],
+        ..scan(1, T0)
+    };
+    // A snapshot of one boot ends every instance of the others: the other
+    // boot goes first.
+    store.apply_batch(OTHER_BOOT, &other_boot).unwrap();
+    store.apply_batch(BOOT, &first).unwrap();
+    store.apply_batch(BOOT, &second).unwrap();
+    let reader = StoreReader::open(&path).unwrap();
+    let snapshot = reader.snapshot().unwrap();
+    let parent = |boot, ppid, start_time, scope| {
+        let found = snapshot
+            .parent(
+                ParentRef {
+                    boot_id: boot,
+                    ppid,
+                    start_time,
+                },
+                scope,
+            )
+            .unwrap();
+        found.map(|r| r.name)
+    };
+    let name = |s: &str| Some(s.to_owned());
+    // Recorded start time: that instance, even exited, among all; among
+    // the live ones only while it lives.
+    assert_eq!(parent(BOOT, 10, 100, Scope::All), name("p10@100"));
+    assert_eq!(parent(BOOT, 10, 100, Scope::Live), None);
+    // None recorded: the newest instance of the pid on that boot.
+    assert_eq!(parent(BOOT, 10, 0, Scope::All), name("p10@300"));
+    assert_eq!(parent(BOOT, 10, 0, Scope::Live), name("p10@300"));
+    // A start time no instance has, a pid never stored, another boot.
+    assert_eq!(parent(BOOT, 10, 150, Scope::All), None);
+    assert_eq!(parent(BOOT, 99, 0, Scope::All), None);
+    assert_eq!(parent(OTHER_BOOT, 10, 0, Scope::All), None);
+    // What the stored processes name.
+    let live = snapshot.live().unwrap();
+    let refs: Vec<(String, ParentRef)> = live
+        .iter()
+        .map(|p| (p.record.name.clone(), p.parent_ref()))
+        .collect();
+    assert!(refs.contains(&(
+        "p20@200".to_owned(),
+        ParentRef {
+            boot_id: BOOT,
+            ppid: 10,
+            start_time: 100
+        }
+    )));
+}
+
+#[test]
+fn a_column_reads_the_same_from_its_parts_as_from_the_whole_record() {
+    use crate::rules::record::{Column, Record};
+    use crate::store::Parts;
+
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let mut store = Store::open(&path).unwrap();
+    let mut full = record(10);
+    full.container_id = "c0ffee".into();
+    full.exe = "/tmp/x (deleted)".into();
+    full.exe_info = Some(ExeInfo {
+        sha256: vec![0x5a; 32],
+        hash_status: HashStatus::Ok as i32,
+        deleted: true,
+        ..ExeInfo::default()
+    });
+    if let Some(s) = &mut full.sample {
+        s.listening_ports = vec![22, 443];
+    }
+    // pid 10 gets a newer sample; pid 11 has only its record's own.
+    let mut newer = sample(10, 9.5);
+    newer.status = "R".into();
+    store
+        .apply_batch(
+            BOOT,
+            &ScanBatch {
+                started: vec![full, record(11)],
+                ..snapshot(1, T0, &[])
+            },
+        )
+        .unwrap();
+    store
+        .apply_batch(
+            BOOT,
+            &ScanBatch {
+                samples: vec![newer],
+                ..scan(2, T0 + 1000)
+            },
+        )
+        .unwrap();
+    let reader = StoreReader::open(&path).unwrap();
+    let snapshot = reader.snapshot().unwrap();
+    let mut seen = 0;
+    snapshot
+        .each_stored(true, |stored| {
+            seen += 1;
+            let whole = stored.decode(Parts::ALL).unwrap();
+            let whole = Record::from_stored(whole.record, whole.latest);
+            for &c in Column::ALL {
+                let part = stored.decode(c.stored_parts()).unwrap();
+                let part = Record::from_stored(part.record, part.latest);
+                assert_eq!(part.get(c), whole.get(c), "column {c} of pid {}", whole.pid);
+            }
+            // Nothing is what it is by accident: the partial reads did leave
+            // things out.
+            let bare = stored.decode(Parts::default()).unwrap();
+            assert!(bare.record.name.is_empty() && bare.record.cmdline.is_empty());
+            assert!(bare.latest.is_none() && bare.record.sample.is_none());
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(seen, 2);
+    // The newer sample is the one read.
+    let status = |parts| {
+        let mut out = Vec::new();
+        snapshot
+            .each_stored(true, |stored| {
+                let p = stored.decode(parts).unwrap();
+                out.push(Record::from_stored(p.record, p.latest).status);
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+        out
+    };
+    assert_eq!(status(Column::Status.stored_parts()), ["R", "S"]);
 }

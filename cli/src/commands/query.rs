@@ -2,8 +2,10 @@
 
 use std::ops::ControlFlow;
 
-use sentineld_agent::rules::{Record, Value, compile_query};
-use sentineld_agent::store::{StoreReader, StoredProcess};
+use sentineld_agent::rules::{Column, Record, Value, compile_query};
+use sentineld_agent::store::{
+    ParentRef, Parts, Scope, Snapshot, StoreReader, StoredBytes, StoredProcess,
+};
 
 use crate::args::QueryArgs;
 use crate::output::{self, Align};
@@ -12,86 +14,97 @@ use crate::{CliError, Context, Format};
 /// Rows a query prints at most without a LIMIT of its own.
 const ROW_CAP: usize = 100_000;
 
-/// The records rules and queries see: the live processes, or with `all`
-/// every stored instance, each with its parent's fields when the parent is
-/// stored too.
-pub(crate) fn records(reader: &StoreReader, all: bool) -> Result<Vec<Record>, CliError> {
-    let mut records = Records::default();
-    if all {
-        reader.each_instance(|i| {
-            records.push(&i.process);
-            ControlFlow::Continue(())
-        })?;
-    } else {
-        for p in reader.live()? {
-            records.push(&p);
-        }
-    }
-    Ok(records.finish())
+/// The columns that hold the parent's fields.
+pub(crate) const PARENT_COLUMNS: [Column; 4] = [
+    Column::ParentName,
+    Column::ParentExe,
+    Column::ParentUser,
+    Column::ParentCmdline,
+];
+
+/// The records rules and queries see, read from one snapshot of the store:
+/// the live processes, or every stored instance.
+pub(crate) struct Records<'r> {
+    snapshot: Snapshot<'r>,
+    scope: Scope,
 }
 
-/// Records in the making. Each stored process becomes its record as soon
-/// as it is read (the decoded process and its view are dropped then: a
-/// store can hold a million instances); parents are filled in at the end,
-/// when every instance is known.
-#[derive(Default)]
-struct Records {
-    records: Vec<Record>,
-    /// Per record: (boot, ppid, the parent's start time or 0).
-    parents: Vec<([u8; 16], u32, i64)>,
-    /// (boot, pid, start time, index) of every record, sorted at the end
-    /// to find parents by binary search.
-    keys: Vec<([u8; 16], u32, i64, usize)>,
+/// One process in scope, as read: [`Candidate::decode`] builds its record
+/// from the parts a caller needs.
+pub(crate) enum Candidate<'a> {
+    Stored(&'a StoredBytes<'a>),
+    Live(&'a StoredProcess),
 }
 
-impl Records {
-    fn push(&mut self, p: &StoredProcess) {
-        let instance = p.record.instance.unwrap_or_default();
-        self.keys.push((
-            p.boot_id,
-            instance.pid,
-            instance.start_time,
-            self.records.len(),
-        ));
-        self.parents
-            .push((p.boot_id, p.record.ppid, p.record.parent_start_time));
-        self.records.push(Record::from_view(&p.view(), None));
-    }
-
-    /// The records with their parents' fields, as
-    /// `Record::from_view(view, Some(parent's view))` fills them. The
-    /// parent is the instance with the recorded parent start time, or,
-    /// when none was recorded, the latest-started instance with the ppid
-    /// (the last read among equals).
-    fn finish(self) -> Vec<Record> {
-        let Records {
-            mut records,
-            parents,
-            mut keys,
-        } = self;
-        keys.sort_unstable();
-        // The last key at or before (boot, pid, start, index), if it has
-        // that boot and pid.
-        let last_before = |boot: [u8; 16], pid: u32, (start, index): (i64, usize)| {
-            let n = keys.partition_point(|&k| k <= (boot, pid, start, index));
-            n.checked_sub(1)
-                .map(|n| keys[n])
-                .filter(|&(b, p, _, _)| (b, p) == (boot, pid))
+impl Candidate<'_> {
+    /// The record with the columns `parts` fill (the others empty), and
+    /// where its parent is.
+    pub(crate) fn decode(&self, parts: Parts) -> Result<(Record, ParentRef), CliError> {
+        let p = match self {
+            Candidate::Stored(bytes) => bytes.decode(parts)?,
+            Candidate::Live(p) => (*p).clone(),
         };
-        for (i, (boot, ppid, parent_start)) in parents.into_iter().enumerate() {
-            let parent = if parent_start != 0 {
-                last_before(boot, ppid, (parent_start, usize::MAX))
-                    .filter(|&(_, _, s, _)| s == parent_start)
-            } else {
-                last_before(boot, ppid, (i64::MAX, usize::MAX))
-            };
-            let Some((_, _, _, j)) = parent else { continue };
-            // Distinct: a process is never its own parent instance.
-            if let Ok([child, parent]) = records.get_disjoint_mut([i, j]) {
-                child.set_parent(parent);
+        let parent = p.parent_ref();
+        Ok((Record::from_stored(p.record, p.latest), parent))
+    }
+}
+
+impl Records<'_> {
+    pub(crate) fn open(reader: &StoreReader, scope: Scope) -> Result<Records<'_>, CliError> {
+        Ok(Records {
+            snapshot: reader.snapshot()?,
+            scope,
+        })
+    }
+
+    /// Calls `f` with every process in scope (live ones by pid, all in
+    /// store order) until `f` breaks. Nothing is decoded until `f` asks: a
+    /// store can hold millions of instances. With `samples` false, no
+    /// sample is read (the columns from samples stay empty).
+    pub(crate) fn each(
+        &self,
+        samples: bool,
+        mut f: impl FnMut(&Candidate<'_>) -> Result<ControlFlow<()>, CliError>,
+    ) -> Result<(), CliError> {
+        match self.scope {
+            Scope::Live => {
+                for p in self.snapshot.live()? {
+                    if f(&Candidate::Live(&p))?.is_break() {
+                        break;
+                    }
+                }
+            }
+            Scope::All => {
+                let mut failed = None;
+                self.snapshot.each_stored(samples, |stored| {
+                    f(&Candidate::Stored(stored)).unwrap_or_else(|e| {
+                        failed = Some(e);
+                        ControlFlow::Break(())
+                    })
+                })?;
+                if let Some(e) = failed {
+                    return Err(e);
+                }
             }
         }
-        records
+        Ok(())
+    }
+
+    /// Fills `record`'s parent columns from the parent `parent` names, when
+    /// it is stored (and, over the live processes, alive).
+    pub(crate) fn fill_parent(
+        &self,
+        record: &mut Record,
+        parent: ParentRef,
+    ) -> Result<(), CliError> {
+        if let Some(p) = self.snapshot.parent(parent, self.scope)? {
+            let instance = p.instance.unwrap_or_default();
+            // A process is never its own parent instance.
+            if (instance.pid, instance.start_time) != (record.pid, record.start_time) {
+                record.set_parent_record(&p);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -104,8 +117,43 @@ fn cell(value: &Value) -> String {
 
 pub(crate) fn run(ctx: &mut Context<'_>, args: &QueryArgs) -> Result<(), CliError> {
     let query = compile_query(&args.sql).map_err(|e| CliError::Query(e.to_string()))?;
-    let records = records(ctx.reader, args.all)?;
-    let result = query.run_capped(&records, ROW_CAP);
+    let scope = if args.all { Scope::All } else { Scope::Live };
+    let records = Records::open(ctx.reader, scope)?;
+    let parent_in_filter = PARENT_COLUMNS.iter().any(|&c| query.filter_reads(c));
+    let parent_shown = PARENT_COLUMNS.iter().any(|&c| query.reads(c));
+    // The WHERE is evaluated as the store is read, on the parts of each
+    // process it reads; only a match is decoded whole (what the query
+    // shows or sorts by) and kept, and parents are looked up only when
+    // some part of the query reads them.
+    let filter_parts = Column::parts_read_by(|c| query.filter_reads(c));
+    let parts = Column::parts_read_by(|c| query.reads(c));
+    let enough = query.enough(ROW_CAP).unwrap_or(usize::MAX);
+    let mut matched = Vec::new();
+    records.each(parts.sample, |candidate| {
+        let (mut record, parent) = candidate.decode(filter_parts)?;
+        if parent_in_filter {
+            records.fill_parent(&mut record, parent)?;
+        }
+        if !query.matches(&record) {
+            return Ok(ControlFlow::Continue(()));
+        }
+        if parts != filter_parts {
+            (record, _) = candidate.decode(parts)?;
+            if parent_in_filter {
+                records.fill_parent(&mut record, parent)?;
+            }
+        }
+        if parent_shown && !parent_in_filter {
+            records.fill_parent(&mut record, parent)?;
+        }
+        matched.push(record);
+        Ok(if matched.len() < enough {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        })
+    })?;
+    let result = query.run_capped(&matched, ROW_CAP);
     if result.truncated {
         // On stderr in every format: a cut JSON or CSV result must not pass
         // for a whole one unnoticed.
@@ -163,63 +211,4 @@ pub(crate) fn run(ctx: &mut Context<'_>, args: &QueryArgs) -> Result<(), CliErro
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use sentineld_agent::rules::Record;
-    use sentineld_agent::store::StoredProcess;
-    use sentineld_proto::v1::{InstanceRef, ProcessRecord};
-
-    use crate::commands::query::Records;
-
-    fn process(boot: u8, pid: u32, start: i64, ppid: u32, parent_start: i64) -> StoredProcess {
-        StoredProcess {
-            boot_id: [boot; 16],
-            record: ProcessRecord {
-                instance: Some(InstanceRef {
-                    pid,
-                    start_time: start,
-                }),
-                ppid,
-                parent_start_time: parent_start,
-                name: format!("p{pid}@{start}"),
-                exe: format!("/bin/p{pid}"),
-                cmdline: vec![format!("p{pid}"), "-x".to_owned()],
-                user: "alice".to_owned(),
-                ..ProcessRecord::default()
-            },
-            latest: None,
-        }
-    }
-
-    #[test]
-    fn parents_by_start_time_else_the_latest_instance_of_the_ppid() {
-        let processes = [
-            process(1, 30, 400, 10, 0),
-            process(1, 10, 100, 1, 0),
-            process(1, 20, 200, 10, 100),
-            process(1, 10, 300, 1, 0),
-            process(1, 31, 500, 10, 150),
-            process(2, 40, 600, 10, 0),
-        ];
-        // Per process, the index of its parent: pid 20 names the start
-        // time of the first pid 10; pid 30 names none, so the latest pid 10;
-        // pid 31 names a start time no pid 10 has; pid 40 is on another
-        // boot; pid 1 is not stored.
-        let parents = [Some(3), None, Some(1), None, None, None];
-        let mut records = Records::default();
-        for p in &processes {
-            records.push(p);
-        }
-        let records = records.finish();
-        assert_eq!(records.len(), processes.len());
-        for ((record, p), parent) in records.iter().zip(&processes).zip(parents) {
-            let parent_view = parent.map(|j: usize| processes[j].view());
-            let expected = Record::from_view(&p.view(), parent_view.as_ref());
-            // Every field, so a parent field added to `from_view` and not
-            // here fails.
-            assert_eq!(format!("{record:?}"), format!("{expected:?}"));
-        }
-    }
 }

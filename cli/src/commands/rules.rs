@@ -1,13 +1,15 @@
 //! `sentinelcli rules list|validate|test`: the rules, without the agent.
 
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::Path;
 
-use sentineld_agent::rules::{RuleFileError, RuleLibrary, RuleSet};
-use sentineld_agent::store::StoreReader;
+use sentineld_agent::rules::{Column as SqlColumn, RuleFileError, RuleLibrary, RuleSet};
+use sentineld_agent::store::{Scope, StoreReader};
 use serde::Serialize;
 
 use crate::args::{RuleFileArgs, RuleSourceArgs, RulesCommand};
+use crate::commands::query::{PARENT_COLUMNS, Records};
 use crate::output::{self, Column};
 use crate::{CliError, Format};
 
@@ -167,10 +169,21 @@ fn test(
 ) -> Result<(), CliError> {
     let set = RuleSet::from_file(&args.file).map_err(errors)?;
     let reader = StoreReader::open(store_path)?;
-    let records = crate::commands::query::records(&reader, true)?;
+    let records = Records::open(&reader, Scope::All)?;
+    let reads = |c: SqlColumn| set.rules().iter().any(|r| r.filter().reads(c));
+    let reads_parent = PARENT_COLUMNS.iter().any(|&c| reads(c));
+    // What the rules read, and what a hit shows.
+    let parts =
+        SqlColumn::parts_read_by(|c| reads(c) || matches!(c, SqlColumn::Name | SqlColumn::Exe));
     let mut hits = Vec::new();
-    for record in &records {
-        for rule in set.matching(record) {
+    let mut instances = 0_u64;
+    records.each(parts.sample, |candidate| {
+        instances += 1;
+        let (mut record, parent) = candidate.decode(parts)?;
+        if reads_parent {
+            records.fill_parent(&mut record, parent)?;
+        }
+        for rule in set.matching(&record) {
             hits.push(Hit {
                 rule_id: rule.id().to_owned(),
                 severity: rule.severity().to_string(),
@@ -180,7 +193,8 @@ fn test(
                 exe: record.exe.clone(),
             });
         }
-    }
+        Ok(ControlFlow::Continue(()))
+    })?;
     let cells = |h: &Hit| {
         vec![
             h.rule_id.clone(),
@@ -201,7 +215,7 @@ fn test(
                 out,
                 "{} matches over {} stored instances",
                 hits.len(),
-                records.len()
+                instances
             )?;
         }
     }

@@ -221,6 +221,43 @@ impl Query {
         self.limit
     }
 
+    /// Whether the WHERE condition is TRUE for `record`: the rows
+    /// [`Query::run_capped`] picks from.
+    pub fn matches(&self, record: &Record) -> bool {
+        self.filter.eval(record) == Some(true)
+    }
+
+    /// Whether the WHERE condition reads `column`.
+    pub fn filter_reads(&self, column: Column) -> bool {
+        let mut found = false;
+        self.filter.columns(&mut |c| found |= c == column);
+        found
+    }
+
+    /// Whether any part of the query (output, WHERE, ORDER BY) reads
+    /// `column`.
+    pub fn reads(&self, column: Column) -> bool {
+        let mut found = self.filter_reads(column);
+        let mut check = |c| found |= c == column;
+        for e in self
+            .projection
+            .iter()
+            .chain(self.order.iter().map(|k| &k.e))
+        {
+            e.columns(&mut check);
+        }
+        found
+    }
+
+    /// How many matching records decide the result of
+    /// [`Query::run_capped`] with `cap`: without ORDER BY the first ones
+    /// (one more than are returned, to tell whether rows were cut), so a
+    /// caller can stop reading there; `None` when every match counts.
+    pub fn enough(&self, cap: usize) -> Option<usize> {
+        let want = self.limit.map_or(cap, |l| l.min(cap));
+        self.order.is_empty().then(|| want.saturating_add(1))
+    }
+
     /// Runs the query, returning at most [`DEFAULT_ROW_CAP`] rows.
     pub fn run<'a>(&self, records: impl IntoIterator<Item = &'a Record>) -> QueryResult {
         self.run_capped(records, DEFAULT_ROW_CAP)
@@ -234,9 +271,7 @@ impl Query {
     ) -> QueryResult {
         let want = self.limit.map_or(cap, |l| l.min(cap));
         let capped_by_caller = self.limit.is_none_or(|l| l > cap);
-        let matching = records
-            .into_iter()
-            .filter(|r| self.filter.eval(r) == Some(true));
+        let matching = records.into_iter().filter(|r| self.matches(r));
         let (picked, more): (Vec<&Record>, bool) = if self.order.is_empty() {
             let mut picked = Vec::new();
             let mut more = false;
