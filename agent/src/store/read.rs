@@ -437,7 +437,7 @@ pub enum Scope {
 
 /// Where a process's parent is: its boot, the parent pid and, when the
 /// collector recorded it, the parent's start time (else 0).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ParentRef {
     pub boot_id: [u8; 16],
     pub ppid: u32,

@@ -1,11 +1,15 @@
 //! `sentinelcli query`: the rules' SQL dialect over the stored processes.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::rc::Rc;
 
 use sentineld_agent::rules::{Column, Record, Value, compile_query};
 use sentineld_agent::store::{
     ParentRef, Parts, Scope, Snapshot, StoreReader, StoredBytes, StoredProcess,
 };
+use sentineld_proto::v1::ProcessRecord;
 
 use crate::args::QueryArgs;
 use crate::output::{self, Align};
@@ -27,7 +31,13 @@ pub(crate) const PARENT_COLUMNS: [Column; 4] = [
 pub(crate) struct Records<'r> {
     snapshot: Snapshot<'r>,
     scope: Scope,
+    /// Parents looked up lately: siblings share one, and tend to be read
+    /// close together (they start close together).
+    parents: RefCell<HashMap<ParentRef, Option<Rc<ProcessRecord>>>>,
 }
+
+/// Parents [`Records`] remembers at most (then it starts over).
+const PARENT_CACHE: usize = 16_384;
 
 /// One process in scope, as read: [`Candidate::decode`] builds its record
 /// from the parts a caller needs.
@@ -54,6 +64,7 @@ impl Records<'_> {
         Ok(Records {
             snapshot: reader.snapshot()?,
             scope,
+            parents: RefCell::default(),
         })
     }
 
@@ -97,7 +108,19 @@ impl Records<'_> {
         record: &mut Record,
         parent: ParentRef,
     ) -> Result<(), CliError> {
-        if let Some(p) = self.snapshot.parent(parent, self.scope)? {
+        let mut cache = self.parents.borrow_mut();
+        let p = match cache.get(&parent) {
+            Some(p) => p.clone(),
+            None => {
+                let p = self.snapshot.parent(parent, self.scope)?.map(Rc::new);
+                if cache.len() >= PARENT_CACHE {
+                    cache.clear();
+                }
+                cache.insert(parent, p.clone());
+                p
+            }
+        };
+        if let Some(p) = p {
             let instance = p.instance.unwrap_or_default();
             // A process is never its own parent instance.
             if (instance.pid, instance.start_time) != (record.pid, record.start_time) {
