@@ -15,8 +15,8 @@ use sentineld_proto::view::ProcessView;
 
 use crate::store::alerts::{ALERT_DELIVERIES, ALERT_IDS, ALERTS};
 use crate::store::schema::{
-    self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, META, PidKey, SAMPLES, SCANS,
-    ScanRecord, ShowKey,
+    self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, META, PidKey, RECENT, SAMPLES,
+    SCANS, SampleKey, ScanRecord, ShowKey,
 };
 use crate::store::{RedbResultExt, StoreError};
 
@@ -259,29 +259,50 @@ impl StoreReader {
         if keep == 0 {
             return Ok(out);
         }
+        let point = |table: &str, (boot, start, pid, time_ms): SampleKey, bytes: &[u8]| {
+            let sample = schema::decode(
+                path,
+                bytes,
+                table,
+                format_args!("{} time {time_ms}", ShowKey((boot, start, pid))),
+            )?;
+            Ok::<_, StoreError>(HistoryPoint {
+                boot_id: schema::boot_bytes(boot),
+                pid,
+                start_time: start,
+                time_ms,
+                sample,
+            })
+        };
         let range = (pid, u128::MIN, i64::MIN)..=(pid, u128::MAX, i64::MAX);
+        let mut instances = Vec::new();
         for entry in by_pid.range(range).in_store(path)? {
             let (key, _) = entry.in_store(path)?;
             let (pid, boot, start) = key.value();
+            instances.push((boot, start));
             let range = (boot, start, pid, i64::MIN)..=(boot, start, pid, i64::MAX);
             // Newest first, so a limit reads at most `keep` rows per instance.
             for row in samples.range(range).in_store(path)?.rev().take(keep) {
                 let (key, value) = row.in_store(path)?;
-                let (_, _, _, time_ms) = key.value();
-                let sample = schema::decode(
-                    path,
-                    value.value(),
-                    "samples",
-                    format_args!("{} time {time_ms}", ShowKey((boot, start, pid))),
-                )?;
-                out.push(HistoryPoint {
-                    boot_id: schema::boot_bytes(boot),
-                    pid,
-                    start_time: start,
-                    time_ms,
-                    sample,
-                });
+                out.push(point("samples", key.value(), value.value())?);
             }
+        }
+        // The samples still staged (a bounded table, read whole). A batch
+        // stored again after its samples moved has them in both: once.
+        if let Some(recent) = self.optional_table(&txn, RECENT)? {
+            let mut staged = Vec::new();
+            for row in recent.iter().in_store(path)? {
+                let (key, value) = row.in_store(path)?;
+                let key = schema::recent_to_sample(key.value());
+                let (boot, start, of, _) = key;
+                if of == pid
+                    && instances.contains(&(boot, start))
+                    && samples.get(key).in_store(path)?.is_none()
+                {
+                    staged.push(point("recent_samples", key, value.value())?);
+                }
+            }
+            out.append(&mut staged);
         }
         out.sort_by_key(|p| (p.time_ms, p.start_time));
         if out.len() > keep {

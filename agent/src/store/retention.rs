@@ -1,7 +1,7 @@
 //! Retention: removes what is older than the retention period, in bounded
 //! write transactions beside the batch writer.
 //!
-//! What goes: samples taken before the cutoff; instances that exited before
+//! What goes: samples taken before the cutoff (stored or still staged); instances that exited before
 //! it, with everything kept about them (record, latest sample, pid index,
 //! exit); scans that ran before it. Live instances stay however old, with
 //! their latest sample. Alerts and their delivery records stay: they are
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableTable};
 
 use crate::store::schema::{
-    self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, SAMPLES, SCAN_KEYS, SCANS,
+    self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, RECENT, SAMPLES, SCAN_KEYS, SCANS,
     ScanRecord,
 };
 use crate::store::{RedbResultExt, StoreError};
@@ -102,6 +102,15 @@ impl Pruner {
             match self.instances_step(cutoff_ms, cursor, &mut pruned)? {
                 Some(next) => cursor = next,
                 None => break,
+            }
+        }
+        loop {
+            if stop() {
+                pruned.interrupted = true;
+                return Ok(pruned);
+            }
+            if !self.recent_step(cutoff_ms, &mut pruned)? {
+                break;
             }
         }
         loop {
@@ -190,6 +199,31 @@ impl Pruner {
         txn.commit().in_store(path)?;
         pruned.transactions += 1;
         Ok(next)
+    }
+
+    /// One transaction removing staged samples (`recent_samples`, ordered
+    /// by time) taken before the cutoff. Returns whether there may be more.
+    fn recent_step(&self, cutoff_ms: i64, pruned: &mut Pruned) -> Result<bool, StoreError> {
+        let path = self.path.as_path();
+        let txn = self.db.begin_write().in_store(path)?;
+        let removed = {
+            let mut recent = txn.open_table(RECENT).in_store(path)?;
+            let mut removed = 0;
+            let before = Bound::Excluded((cutoff_ms, u128::MIN, i64::MIN, u32::MIN));
+            for entry in recent
+                .extract_from_if::<schema::RecentKey, _>((Bound::Unbounded, before), |_, _| true)
+                .in_store(path)?
+                .take(self.batch)
+            {
+                entry.in_store(path)?;
+                removed += 1;
+            }
+            removed
+        };
+        txn.commit().in_store(path)?;
+        pruned.samples += removed as u64;
+        pruned.transactions += 1;
+        Ok(removed == self.batch)
     }
 
     /// One transaction removing the oldest scans run before the cutoff, in

@@ -30,6 +30,9 @@ pub(crate) type InstanceKey = (u128, i64, u32);
 pub(crate) type PidKey = (u32, u128, i64);
 /// (boot id, start time, pid, sample time in unix milliseconds).
 pub(crate) type SampleKey = (u128, i64, u32, i64);
+/// (sample time in unix milliseconds, boot id, start time, pid): the
+/// `recent_samples` staging table, in arrival order.
+pub(crate) type RecentKey = (i64, u128, i64, u32);
 /// (boot id, scan time in unix milliseconds, collector scan_seq).
 pub(crate) type ScanKey = (u128, i64, u64);
 
@@ -40,6 +43,10 @@ pub(crate) const LIVE: TableDefinition<InstanceKey, ()> = TableDefinition::new("
 pub(crate) const LATEST: TableDefinition<InstanceKey, &[u8]> = TableDefinition::new("latest");
 pub(crate) const EXITS: TableDefinition<InstanceKey, i64> = TableDefinition::new("exits");
 pub(crate) const SAMPLES: TableDefinition<SampleKey, &[u8]> = TableDefinition::new("samples");
+/// Samples as they arrive, keyed by time first so a batch's samples land
+/// together at the end of the table; moved into `samples` in bulk by
+/// `Store::compact_samples` (see `docs/store-format.md`).
+pub(crate) const RECENT: TableDefinition<RecentKey, &[u8]> = TableDefinition::new("recent_samples");
 pub(crate) const SCANS: TableDefinition<u64, &[u8]> = TableDefinition::new("scans");
 pub(crate) const SCAN_KEYS: TableDefinition<ScanKey, u64> = TableDefinition::new("scan_keys");
 
@@ -121,7 +128,12 @@ pub(crate) fn pid_key((boot, start, pid): InstanceKey) -> PidKey {
     (pid, boot, start)
 }
 
-pub(crate) fn sample_key((boot, start, pid): InstanceKey, time_ms: i64) -> SampleKey {
+pub(crate) fn recent_key((boot, start, pid): InstanceKey, time_ms: i64) -> RecentKey {
+    (time_ms, boot, start, pid)
+}
+
+/// The sample key of a `recent_samples` key.
+pub(crate) fn recent_to_sample((time_ms, boot, start, pid): RecentKey) -> SampleKey {
     (boot, start, pid, time_ms)
 }
 

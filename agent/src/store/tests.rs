@@ -7,7 +7,7 @@ use sentineld_proto::v1::{ExeInfo, HashStatus, InstanceRef, ProcessRecord, Sampl
 use tempfile::TempDir;
 
 use crate::store::schema::{
-    self, BY_PID, EXITS, INSTANCES, LATEST, LIVE, META, SAMPLES, SCAN_KEYS, SCANS,
+    self, BY_PID, EXITS, INSTANCES, LATEST, LIVE, META, RECENT, SAMPLES, SCAN_KEYS, SCANS,
 };
 use crate::store::{BatchOutcome, ParentRef, Scope, Store, StoreError, StoreReader};
 
@@ -132,6 +132,7 @@ fn row_counts(path: &Path) -> Vec<(&'static str, u64)> {
         ("latest", len(&txn, LATEST)),
         ("exits", len(&txn, EXITS)),
         ("samples", len(&txn, SAMPLES)),
+        ("recent_samples", len(&txn, RECENT)),
         ("scans", len(&txn, SCANS)),
         ("scan_keys", len(&txn, SCAN_KEYS)),
     ]
@@ -477,6 +478,7 @@ fn an_undecodable_value_is_corrupt_not_a_panic() {
         for batch in three_scans() {
             store.apply_batch(BOOT, &batch).unwrap();
         }
+        store.compact_samples().unwrap();
     }
     // 0xff is a field key with wire type 7, which protobuf does not have.
     let garbage = [0xffu8, 0xff, 0xff];
@@ -536,8 +538,9 @@ fn replaying_batches_stores_nothing_twice() {
             ("live", 3),
             ("latest", 4),
             ("exits", 1),
-            // 3 first samples, 3 + 1 in scan 2, 3 in scan 3.
-            ("samples", 10),
+            // 3 first samples, 3 + 1 in scan 2, 3 in scan 3, all staged.
+            ("samples", 0),
+            ("recent_samples", 10),
             ("scans", 3),
             ("scan_keys", 3),
         ]
@@ -556,6 +559,26 @@ fn replaying_batches_stores_nothing_twice() {
     assert_eq!(reader.scans(None).unwrap(), before);
     assert_eq!(exit_time(&path, BOOT, 10), Some(T0 + 2000));
     assert_eq!(live_pids(&reader), [11, 12, 13]);
+
+    // Once moved out of staging, a replay stages its samples again; they
+    // are read once, and moved once more without adding rows.
+    let history = reader.history(11, None).unwrap();
+    assert_eq!(store.compact_samples().unwrap(), 10);
+    let moved: Vec<(&str, u64)> = counts
+        .iter()
+        .map(|&(t, n)| match t {
+            "samples" => (t, 10),
+            "recent_samples" => (t, 0),
+            _ => (t, n),
+        })
+        .collect();
+    assert_eq!(row_counts(&path), moved);
+    assert_eq!(reader.history(11, None).unwrap(), history);
+    store.apply_batch(BOOT, &batches[1]).unwrap();
+    assert_eq!(reader.history(11, None).unwrap(), history);
+    assert_eq!(store.compact_samples().unwrap(), 4);
+    assert_eq!(row_counts(&path), moved);
+    assert_eq!(reader.history(11, None).unwrap(), history);
 }
 
 #[test]
@@ -911,4 +934,80 @@ fn a_column_reads_the_same_from_its_parts_as_from_the_whole_record() {
         out
     };
     assert_eq!(status(Column::Status.stored_parts()), ["R", "S"]);
+}
+
+#[test]
+fn staged_samples_move_by_themselves_and_only_for_stored_instances() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let mut store = Store::open(&path).unwrap();
+    store.compact_at = 5;
+    let batches = three_scans();
+    let staged = |path: &Path| {
+        let counts = row_counts(path);
+        let n = |t: &str| counts.iter().find(|(name, _)| *name == t).unwrap().1;
+        (n("samples"), n("recent_samples"))
+    };
+    // 3 staged, then 3 + 4 = 7 (past 5): moved with the batch that staged them.
+    store.apply_batch(BOOT, &batches[0]).unwrap();
+    assert_eq!(staged(&path), (0, 3));
+    store.apply_batch(BOOT, &batches[1]).unwrap();
+    assert_eq!(staged(&path), (7, 0));
+    store.apply_batch(BOOT, &batches[2]).unwrap();
+    assert_eq!(staged(&path), (7, 3));
+    let reader = StoreReader::open(&path).unwrap();
+    assert_eq!(
+        sample_times(&reader, 11),
+        [T0, T0 + 1000, T0 + 2000],
+        "stored and staged samples read together"
+    );
+
+    // pid 10 exited at T0 + 2000; retention with a later cutoff removes it
+    // and its stored samples; what is staged for it is not moved.
+    store.compact_at = u64::MAX;
+    store
+        .apply_batch(
+            BOOT,
+            &ScanBatch {
+                samples: vec![sample(10, 1.0), sample(11, 1.0)],
+                ..scan(4, T0 + 3000)
+            },
+        )
+        .unwrap();
+    let pruned = store.pruner().prune(T0 + 2500, || false).unwrap();
+    assert_eq!(pruned.instances, 1, "{pruned:?}");
+    assert!(sample_times(&reader, 10).is_empty());
+    // Staged: pid 11 at T0 + 3000 (kept), pid 10 at T0 + 3000 (its
+    // instance is gone): one moved.
+    assert_eq!(store.compact_samples().unwrap(), 1);
+    assert_eq!(sample_times(&reader, 11), [T0 + 3000]);
+    assert!(sample_times(&reader, 10).is_empty());
+}
+
+#[test]
+fn a_move_in_several_transactions_moves_every_staged_sample_once() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let mut store = Store::open(&path).unwrap();
+    store.compact_at = u64::MAX;
+    let pids: Vec<u32> = (1000..2000).collect();
+    store.apply_batch(BOOT, &snapshot(1, T0, &pids)).unwrap();
+    for seq in 2..=10_u64 {
+        let time = T0 + 1000 * i64::try_from(seq).unwrap();
+        let batch = ScanBatch {
+            samples: pids.iter().map(|&p| sample(p, 1.0)).collect(),
+            ..scan(seq, time)
+        };
+        store.apply_batch(BOOT, &batch).unwrap();
+    }
+    let reader = StoreReader::open(&path).unwrap();
+    let before = reader.history(1500, None).unwrap();
+    assert_eq!(before.len(), 10);
+    // 10,000 staged: more than one transaction's worth.
+    assert_eq!(store.compact_samples().unwrap(), 10_000);
+    let counts = row_counts(&path);
+    assert!(counts.contains(&("samples", 10_000)), "{counts:?}");
+    assert!(counts.contains(&("recent_samples", 0)), "{counts:?}");
+    assert_eq!(reader.history(1500, None).unwrap(), before);
+    assert_eq!(store.compact_samples().unwrap(), 0);
 }

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prost::Message;
-use redb::{ConcurrencyMode, Database, ReadableTable, Table, TableHandle, WriteTransaction};
+use redb::{
+    ConcurrencyMode, Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableHandle, WriteTransaction,
+};
 use sentineld_proto::audit::ScanDigest;
 use sentineld_proto::v1::{Sample, ScanBatch};
 use tokio_util::sync::CancellationToken;
@@ -17,14 +20,28 @@ use tracing::{debug, warn};
 use crate::stats::AgentStats;
 use crate::store::alerts::{self, AlertWriter};
 use crate::store::schema::{
-    self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, META, SAMPLES, SCAN_KEYS, SCANS,
-    ScanRecord, ShowKey,
+    self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, META, RECENT, SAMPLES, SCAN_KEYS,
+    SCANS, ScanRecord, ShowKey,
 };
 use crate::store::{RedbResultExt, StoreError};
 
 /// Page cache of the writer. redb's default is 1 GiB; the agent is meant to
 /// stay small, and its writes touch the recent end of each table.
-const WRITER_CACHE_BYTES: usize = 64 * 1024 * 1024;
+const WRITER_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Samples `recent_samples` holds before they are moved into `samples`
+/// (about 6 MiB of redb pages). A batch appends its samples at the end of
+/// the time-ordered staging table, touching a few pages; moving them in
+/// bulk then touches each instance's page of `samples` once for all its
+/// staged samples instead of once per scan. Readers scan the staging table
+/// whole, so it stays this small.
+pub(crate) const COMPACT_AT: u64 = 65_536;
+
+/// Staged samples one transaction of [`Store::compact_samples`] moves at
+/// most: at 10,000 instances about 1,300 pages of `samples` (5 MiB) dirty
+/// at once, as many as one 1,000-sample batch written straight into
+/// `samples` made.
+const COMPACT_CHUNK: usize = 8_192;
 
 /// Most instance keys one snapshot may collect for reconciliation. Far above
 /// any real host's process count; past it the snapshot is stored but does
@@ -50,6 +67,11 @@ pub struct Store {
     pending: Option<PendingScan>,
     /// Whether writes wait for space when the disk is full.
     space: Arc<space::SpaceWatch>,
+    /// Entries in `recent_samples` after the last commit.
+    recent: u64,
+    /// Staged samples that start a move into `samples` ([`COMPACT_AT`];
+    /// tests set it lower).
+    pub(crate) compact_at: u64,
 }
 
 impl fmt::Debug for Store {
@@ -145,6 +167,8 @@ struct ChunkDone {
     counts: Counts,
     seen: HashSet<InstanceKey>,
     scan_id: Option<u64>,
+    /// Entries in `recent_samples` with this chunk's.
+    recent: u64,
 }
 
 /// The tables a batch writes, open in one write transaction.
@@ -154,7 +178,7 @@ struct Tables<'txn> {
     live: Table<'txn, InstanceKey, ()>,
     latest: Table<'txn, InstanceKey, &'static [u8]>,
     exits: Table<'txn, InstanceKey, i64>,
-    samples: Table<'txn, schema::SampleKey, &'static [u8]>,
+    recent: Table<'txn, schema::RecentKey, &'static [u8]>,
     scans: Table<'txn, u64, &'static [u8]>,
     scan_keys: Table<'txn, schema::ScanKey, u64>,
 }
@@ -167,7 +191,7 @@ impl<'txn> Tables<'txn> {
             live: txn.open_table(LIVE)?,
             latest: txn.open_table(LATEST)?,
             exits: txn.open_table(EXITS)?,
-            samples: txn.open_table(SAMPLES)?,
+            recent: txn.open_table(RECENT)?,
             scans: txn.open_table(SCANS)?,
             scan_keys: txn.open_table(SCAN_KEYS)?,
         })
@@ -181,8 +205,8 @@ impl<'txn> Tables<'txn> {
     ) -> Result<(), redb::StorageError> {
         let bytes = sample.encode_to_vec();
         self.latest.insert(key, bytes.as_slice())?;
-        self.samples
-            .insert(schema::sample_key(key, time_ms), bytes.as_slice())?;
+        self.recent
+            .insert(schema::recent_key(key, time_ms), bytes.as_slice())?;
         Ok(())
     }
 
@@ -261,7 +285,7 @@ impl Store {
             })?;
             schema::check_meta(path, &meta)?;
         }
-        let next_scan_id = {
+        let (next_scan_id, recent) = {
             let tables = Tables::open(&txn).map_err(|e| match e {
                 redb::TableError::TableTypeMismatch { table, .. } => StoreError::corrupt(
                     path,
@@ -270,8 +294,14 @@ impl Store {
                 e => StoreError::redb(path, e),
             })?;
             let last = tables.scans.last().in_store(path)?;
-            last.map_or(1, |(id, _)| id.value().saturating_add(1))
+            (
+                last.map_or(1, |(id, _)| id.value().saturating_add(1)),
+                tables.recent.len().in_store(path)?,
+            )
         };
+        // Only moves write `samples`: created here for a new store (and
+        // `recent_samples`, by `Tables::open`, for one older than it).
+        txn.open_table(SAMPLES).in_store(path)?;
         alerts::create_tables(&txn).in_store(path)?;
         txn.commit().in_store(path)?;
         debug!(path = %path.display(), next_scan_id, "store open");
@@ -281,6 +311,8 @@ impl Store {
             next_scan_id,
             pending: None,
             space,
+            recent,
+            compact_at: COMPACT_AT,
         })
     }
 
@@ -372,6 +404,7 @@ impl Store {
                         "entries naming unknown instances skipped"
                     );
                 }
+                self.recent = done.recent;
                 if let Some(id) = done.scan_id {
                     self.next_scan_id = self.next_scan_id.max(id.saturating_add(1));
                 } else {
@@ -392,6 +425,13 @@ impl Store {
                     }
                     self.pending = Some(pending);
                 }
+                if self.recent >= self.compact_at
+                    && let Err(e) = self.compact_samples()
+                {
+                    // The batch is stored; the samples stay staged and
+                    // readable, and the next batch tries again.
+                    warn!(error = %e, "cannot move staged samples into the samples table");
+                }
                 Ok(BatchOutcome {
                     scan_id: done.scan_id,
                     records,
@@ -405,6 +445,71 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Moves every staged sample from `recent_samples` into `samples`,
+    /// leaving out those of instances no longer stored (retention removed
+    /// them meanwhile). Runs by itself once [`COMPACT_AT`] samples are
+    /// staged; returns how many were moved.
+    ///
+    /// The samples are moved in instance order, [`COMPACT_CHUNK`] a
+    /// transaction, so a transaction's dirty pages (kept in memory until
+    /// it commits) stay few; a last transaction drops the staging table's
+    /// pages at once. In between, a sample is in both tables, which
+    /// readers count once; a crash in between leaves them staged, and the
+    /// next move writes the same rows again.
+    pub fn compact_samples(&mut self) -> Result<u64, StoreError> {
+        let path = self.path.as_path();
+        let mut keys: Vec<schema::SampleKey> = {
+            let txn = self.db.begin_read().in_store(path)?;
+            let recent = txn.open_table(RECENT).in_store(path)?;
+            recent
+                .iter()
+                .in_store(path)?
+                .map(|entry| entry.map(|(k, _)| schema::recent_to_sample(k.value())))
+                .collect::<Result<_, _>>()
+                .in_store(path)?
+        };
+        keys.sort_unstable();
+        let mut moved = 0_u64;
+        for chunk in keys.chunks(COMPACT_CHUNK) {
+            let txn = self.db.begin_write().in_store(path)?;
+            {
+                let recent = txn.open_table(RECENT).in_store(path)?;
+                let instances = txn.open_table(INSTANCES).in_store(path)?;
+                let mut samples = txn.open_table(SAMPLES).in_store(path)?;
+                // The instance of the previous key, and whether it is stored.
+                let mut last: Option<(InstanceKey, bool)> = None;
+                for &key in chunk {
+                    let (boot, start, pid, time_ms) = key;
+                    let instance = (boot, start, pid);
+                    let stored = match last {
+                        Some((i, stored)) if i == instance => stored,
+                        _ => {
+                            let stored = instances.get(instance).in_store(path)?.is_some();
+                            last = Some((instance, stored));
+                            stored
+                        }
+                    };
+                    if !stored {
+                        continue;
+                    }
+                    let staged = (time_ms, boot, start, pid);
+                    if let Some(value) = recent.get(staged).in_store(path)? {
+                        samples.insert(key, value.value()).in_store(path)?;
+                        moved += 1;
+                    }
+                }
+            }
+            txn.commit().in_store(path)?;
+        }
+        let txn = self.db.begin_write().in_store(path)?;
+        txn.delete_table(RECENT).in_store(path)?;
+        txn.open_table(RECENT).in_store(path)?;
+        txn.commit().in_store(path)?;
+        debug!(moved, "staged samples moved into the samples table");
+        self.recent = 0;
+        Ok(moved)
     }
 
     fn write(
@@ -492,11 +597,18 @@ impl Store {
                 counts.skipped += 1;
                 continue;
             };
-            if t.instances.get(key)?.is_none() {
+            // An instance with a latest sample is stored: one lookup fewer
+            // per sample in the common case.
+            let bytes = sample.encode_to_vec();
+            let known = t.latest.insert(key, bytes.as_slice())?.is_some()
+                || t.instances.get(key)?.is_some();
+            if !known {
+                t.latest.remove(key)?;
                 counts.skipped += 1;
                 continue;
             }
-            t.put_sample(key, time_ms, sample)?;
+            t.recent
+                .insert(schema::recent_key(key, time_ms), bytes.as_slice())?;
             counts.samples += 1;
             if track {
                 seen.insert(key);
@@ -570,6 +682,7 @@ impl Store {
             counts,
             seen,
             scan_id,
+            recent: t.recent.len()?,
         })
     }
 }
