@@ -520,30 +520,46 @@ impl Detector {
             let Some(live) = self.live.get(&pid) else {
                 continue;
             };
-            let view = live.view();
-            let parent = self.parent_of(live).map(Live::view);
-            let mut record = Record::from_view(&view, parent.as_ref());
-            if let Some(sha) = &view.sha256 {
-                record.hash_denied = self.loaded.deny.contains(sha);
-                if let (Some(exe), Ok(bytes)) = (&view.exe, hex_32(sha))
+            // The record straight from the stored protobufs (one copy of
+            // each string); the user-facing views only for an alert.
+            let parent = self.parent_of(live);
+            let mut record = Record::from_stored(live.record.clone(), live.latest.clone());
+            if let Some(parent) = parent {
+                record.set_parent_record(&parent.record);
+            }
+            if let Some(sha) = &record.sha256 {
+                let denied = self.loaded.deny.contains(sha);
+                let mut changed = false;
+                if let (Some(exe), Ok(bytes)) = (&record.exe, hex_32(sha))
                     && is_system_path(exe)
-                    && !view.exe_deleted
+                    && !record.exe_deleted
                 {
                     match self.exe_hashes.get(exe) {
                         Some(previous) if *previous != bytes => {
-                            record.hash_changed = true;
+                            changed = true;
                             new_hashes.push((exe.clone(), bytes));
                         }
                         Some(_) => {}
                         None => new_hashes.push((exe.clone(), bytes)),
                     }
                 }
+                record.hash_denied = denied;
+                record.hash_changed = changed;
             }
+            let mut views = None;
             for rule in rules.matching(&record) {
                 let id = alert_id(rule.id(), live.boot_id, pid, live.start_time());
                 if live.fired.contains(&id) {
                     continue;
                 }
+                let (process, parent) = views
+                    .get_or_insert_with(|| {
+                        (
+                            serde_json::to_value(live.view()).unwrap_or_default(),
+                            parent.map(|p| serde_json::to_value(p.view()).unwrap_or_default()),
+                        )
+                    })
+                    .clone();
                 raised.push((
                     pid,
                     Alert {
@@ -557,10 +573,8 @@ impl Detector {
                             sentineld_common::time::now_millis(),
                         ),
                         host: self.host.clone(),
-                        process: serde_json::to_value(&view).unwrap_or_default(),
-                        parent: parent
-                            .as_ref()
-                            .map(|p| serde_json::to_value(p).unwrap_or_default()),
+                        process,
+                        parent,
                     },
                 ));
             }

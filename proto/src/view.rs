@@ -54,6 +54,20 @@ pub fn hash_status_name(status: HashStatus) -> &'static str {
     }
 }
 
+/// Lowercase hex of `bytes`, as `hex::encode` gives it, without its
+/// character-by-character collecting (the agent renders a view of every
+/// live process each scan): through a stack buffer for up to 32 bytes.
+pub fn hex_lower(bytes: &[u8]) -> String {
+    let mut buf = [0_u8; 64];
+    let Some(out) = buf.get_mut(..bytes.len() * 2) else {
+        return hex::encode(bytes);
+    };
+    if hex::encode_to_slice(bytes, out).is_err() {
+        return hex::encode(bytes);
+    }
+    String::from_utf8_lossy(out).into_owned()
+}
+
 /// Formats unix seconds as RFC 3339 (UTC).
 pub fn rfc3339(secs: i64) -> String {
     jiff::Timestamp::from_second(secs).map_or_else(|_| secs.to_string(), |t| t.to_string())
@@ -71,7 +85,7 @@ impl ProcessView {
         let exe = record.exe_info.clone().unwrap_or_default();
         let status = exe.hash_status();
         let sha256 =
-            (status == HashStatus::Ok && exe.sha256.len() == 32).then(|| hex::encode(&exe.sha256));
+            (status == HashStatus::Ok && exe.sha256.len() == 32).then(|| hex_lower(&exe.sha256));
         ProcessView {
             pid: instance.pid,
             ppid: record.ppid,
@@ -94,6 +108,19 @@ impl ProcessView {
             exe_deleted: exe.deleted,
             container_id: non_empty(&record.container_id),
             listening_ports: sample.listening_ports,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::view::hex_lower;
+
+    #[test]
+    fn hex_lower_is_hex_encode() {
+        for len in [0, 1, 31, 32, 33, 100] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 5) as u8).collect();
+            assert_eq!(hex_lower(&bytes), hex::encode(&bytes), "{len} bytes");
         }
     }
 }

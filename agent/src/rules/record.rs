@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use sentineld_proto::v1::{HashStatus, ProcessRecord, Sample};
-use sentineld_proto::view::{ProcessView, hash_status_name};
+use sentineld_proto::view::{ProcessView, hash_status_name, hex_lower};
 
 use crate::store::Parts;
 
@@ -106,7 +106,7 @@ impl Record {
         let exe_info = record.exe_info.unwrap_or_default();
         let status = exe_info.hash_status();
         let sha256 = (status == HashStatus::Ok && exe_info.sha256.len() == 32)
-            .then(|| hex_string(&exe_info.sha256));
+            .then(|| hex_lower(&exe_info.sha256));
         let some = |s: String| (!s.is_empty()).then_some(s);
         Record {
             pid: instance.pid,
@@ -247,19 +247,6 @@ impl Record {
             Column::Argc => Val::Int(i64::try_from(self.cmdline.len()).unwrap_or(i64::MAX)),
         }
     }
-}
-
-/// Lowercase hex of `bytes` (at most 32), without `hex::encode`'s
-/// character-by-character collecting: a query renders up to a million.
-fn hex_string(bytes: &[u8]) -> String {
-    let mut buf = [0_u8; 64];
-    let Some(out) = buf.get_mut(..bytes.len() * 2) else {
-        return hex::encode(bytes);
-    };
-    if hex::encode_to_slice(bytes, out).is_err() {
-        return hex::encode(bytes);
-    }
-    String::from_utf8_lossy(out).into_owned()
 }
 
 /// The ports of a sample that are ports (the wire has `uint32`).
