@@ -10,8 +10,8 @@ use crate::rules::record::{Column, Record, Val};
 use crate::rules::sql::compile::{compile, compile_pred, pos};
 use crate::rules::sql::error::{CompileError, CompileErrorKind};
 use crate::rules::sql::expr::{Pred, Scalar, sort_order};
-use crate::rules::sql::on_compiler_stack;
 use crate::rules::sql::parse::{Mode, parse};
+use crate::rules::sql::{Filter, on_compiler_stack};
 
 /// Rows a query returns when neither LIMIT nor the caller sets a smaller cap.
 pub const DEFAULT_ROW_CAP: usize = 10_000;
@@ -93,7 +93,7 @@ struct SortKey {
 pub struct Query {
     columns: Vec<String>,
     projection: Vec<Scalar>,
-    filter: Pred,
+    filter: Filter,
     order: Vec<SortKey>,
     limit: Option<usize>,
 }
@@ -137,9 +137,11 @@ fn compile_query_here(sql: &str) -> Result<Query, CompileError> {
             }
         }
     }
-    let filter = match &parts.selection {
-        Some(e) => compile_pred(e, 0)?,
-        None => Pred::Const(Some(true)),
+    let filter = Filter {
+        pred: match &parts.selection {
+            Some(e) => compile_pred(e, 0)?,
+            None => Pred::Const(Some(true)),
+        },
     };
     let mut order = Vec::new();
     for o in &parts.order_by {
@@ -224,14 +226,12 @@ impl Query {
     /// Whether the WHERE condition is TRUE for `record`: the rows
     /// [`Query::run_capped`] picks from.
     pub fn matches(&self, record: &Record) -> bool {
-        self.filter.eval(record) == Some(true)
+        self.filter.matches(record)
     }
 
     /// Whether the WHERE condition reads `column`.
     pub fn filter_reads(&self, column: Column) -> bool {
-        let mut found = false;
-        self.filter.columns(&mut |c| found |= c == column);
-        found
+        self.filter.reads(column)
     }
 
     /// Whether any part of the query (output, WHERE, ORDER BY) reads
