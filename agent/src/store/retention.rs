@@ -94,34 +94,17 @@ impl Pruner {
     pub fn prune(&self, cutoff_ms: i64, stop: impl Fn() -> bool) -> Result<Pruned, StoreError> {
         let mut pruned = Pruned::default();
         let mut cursor = Bound::Unbounded;
-        loop {
-            if stop() {
-                pruned.interrupted = true;
-                return Ok(pruned);
-            }
-            match self.instances_step(cutoff_ms, cursor, &mut pruned)? {
-                Some(next) => cursor = next,
-                None => break,
-            }
-        }
-        loop {
-            if stop() {
-                pruned.interrupted = true;
-                return Ok(pruned);
-            }
-            if !self.recent_step(cutoff_ms, &mut pruned)? {
-                break;
-            }
-        }
-        loop {
-            if stop() {
-                pruned.interrupted = true;
-                return Ok(pruned);
-            }
-            if !self.scans_step(cutoff_ms, &mut pruned)? {
-                break;
-            }
-        }
+        let done = each_step(&stop, || {
+            Ok(match self.instances_step(cutoff_ms, cursor, &mut pruned)? {
+                Some(next) => {
+                    cursor = next;
+                    true
+                }
+                None => false,
+            })
+        })? && each_step(&stop, || self.recent_step(cutoff_ms, &mut pruned))?
+            && each_step(&stop, || self.scans_step(cutoff_ms, &mut pruned))?;
+        pruned.interrupted = !done;
         Ok(pruned)
     }
 
@@ -259,5 +242,21 @@ impl Pruner {
         txn.commit().in_store(path)?;
         pruned.transactions += 1;
         Ok(more)
+    }
+}
+
+/// Runs `step` (one transaction; true while there may be more) until it is
+/// done, asking `stop` before each. Returns false when stopped early.
+fn each_step(
+    stop: &impl Fn() -> bool,
+    mut step: impl FnMut() -> Result<bool, StoreError>,
+) -> Result<bool, StoreError> {
+    loop {
+        if stop() {
+            return Ok(false);
+        }
+        if !step()? {
+            return Ok(true);
+        }
     }
 }
