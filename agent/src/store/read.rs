@@ -697,7 +697,11 @@ impl Snapshot<'_> {
         let path = self.path;
         let boot = schema::boot_key(parent.boot_id);
         let key = if parent.start_time != 0 {
-            (boot, parent.start_time, parent.ppid)
+            let key = (boot, parent.start_time, parent.ppid);
+            if scope == Scope::Live && !self.is_live(key)? {
+                return Ok(None);
+            }
+            key
         } else {
             // The newest instance of the pid on this boot (in scope).
             let range = (parent.ppid, boot, i64::MIN)..=(parent.ppid, boot, i64::MAX);
@@ -714,9 +718,6 @@ impl Snapshot<'_> {
             let Some(key) = found else { return Ok(None) };
             key
         };
-        if scope == Scope::Live && !self.is_live(key)? {
-            return Ok(None);
-        }
         self.record(key)
     }
 

@@ -197,16 +197,27 @@ impl<'txn> Tables<'txn> {
         })
     }
 
+    /// Makes `sample` the instance's latest and stages it for the history
+    /// at `time_ms`. Returns whether the instance had a latest sample
+    /// already (then it is stored: the caller needs no lookup).
     fn put_sample(
         &mut self,
         key: InstanceKey,
         time_ms: i64,
         sample: &Sample,
-    ) -> Result<(), redb::StorageError> {
+    ) -> Result<bool, redb::StorageError> {
         let bytes = sample.encode_to_vec();
-        self.latest.insert(key, bytes.as_slice())?;
+        let had_latest = self.latest.insert(key, bytes.as_slice())?.is_some();
         self.recent
             .insert(schema::recent_key(key, time_ms), bytes.as_slice())?;
+        Ok(had_latest)
+    }
+
+    /// Takes back a [`Tables::put_sample`] for an instance the store does
+    /// not hold.
+    fn unput_sample(&mut self, key: InstanceKey, time_ms: i64) -> Result<(), redb::StorageError> {
+        self.latest.remove(key)?;
+        self.recent.remove(schema::recent_key(key, time_ms))?;
         Ok(())
     }
 
@@ -599,16 +610,12 @@ impl Store {
             };
             // An instance with a latest sample is stored: one lookup fewer
             // per sample in the common case.
-            let bytes = sample.encode_to_vec();
-            let known = t.latest.insert(key, bytes.as_slice())?.is_some()
-                || t.instances.get(key)?.is_some();
-            if !known {
-                t.latest.remove(key)?;
+            let had_latest = t.put_sample(key, time_ms, sample)?;
+            if !had_latest && t.instances.get(key)?.is_none() {
+                t.unput_sample(key, time_ms)?;
                 counts.skipped += 1;
                 continue;
             }
-            t.recent
-                .insert(schema::recent_key(key, time_ms), bytes.as_slice())?;
             counts.samples += 1;
             if track {
                 seen.insert(key);
