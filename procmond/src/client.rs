@@ -55,8 +55,9 @@ pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// not buffer more than this for anything the agent sends.
 pub(crate) const AGENT_FRAME_MAX: usize = 64 * 1024;
 
-/// Most log entries read for sending at once.
-const SEND_SLICE: usize = 64;
+/// Most log entries read for sending at once: they are held decoded until
+/// sent, so this bounds that memory (16 chunks of up to 1,000 records).
+const SEND_SLICE: usize = 16;
 
 /// What the socket side asks of the scan thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -653,13 +654,17 @@ async fn session(
             Err(_) => return Err(SessionError::Wal("unusable after a panic".to_owned())),
         };
         let mut queue: VecDeque<(u64, ScanBatch)> = VecDeque::new();
+        // The log's backlog version when `queue` was read.
+        let mut read_version = 0;
         loop {
             if queue.is_empty() {
                 queue = match wal.lock() {
-                    Ok(wal) => wal
-                        .read_after(sent_through, SEND_SLICE)
-                        .map_err(|e| SessionError::Wal(e.to_string()))?
-                        .into(),
+                    Ok(wal) => {
+                        read_version = wal.backlog_version();
+                        wal.read_after(sent_through, SEND_SLICE)
+                            .map_err(|e| SessionError::Wal(e.to_string()))?
+                            .into()
+                    }
                     Err(_) => return Err(SessionError::Wal("unusable after a panic".to_owned())),
                 };
                 if queue.is_empty() {
@@ -680,10 +685,17 @@ async fn session(
                     let in_flight = inflight.borrow().iter().map(|&(_, _, n)| n).sum();
                     flow.stall(need, in_flight, credit.borrow().available());
                 }
-                // The batches stay in the log; read them again once there
-                // is room (coalescing may have rewritten them meanwhile).
-                queue.clear();
+                // The batches stay in the log and in the queue; the queue is
+                // read again only if coalescing rewrote the log meanwhile
+                // (decoding a scan's batches again at every ack would cost
+                // more than the sending).
                 room.notified().await;
+                let rewritten = wal
+                    .lock()
+                    .map_or(true, |wal| wal.backlog_version() != read_version);
+                if rewritten {
+                    queue.clear();
+                }
                 continue;
             }
             let Some((id, batch)) = queue.pop_front() else {

@@ -330,6 +330,8 @@ pub struct Wal {
     last_sync: Instant,
     bytes: u64,
     stats: WalStats,
+    /// Moves whenever coalescing rewrites an unacknowledged entry.
+    backlog_version: u64,
     /// Held for the lifetime of the Wal: the directory's advisory lock.
     _lock: File,
 }
@@ -415,6 +417,7 @@ impl Wal {
             last_sync: Instant::now(),
             bytes,
             stats,
+            backlog_version: 0,
             _lock: lock,
         };
         wal.delete_acked_segments()?;
@@ -580,6 +583,13 @@ impl Wal {
     }
 
     /// Bytes of all segments on disk.
+    /// Changes whenever coalescing rewrites an unacknowledged entry: a
+    /// reader holding entries it read earlier reads them again when this
+    /// has moved, and can keep them as long as it has not.
+    pub fn backlog_version(&self) -> u64 {
+        self.backlog_version
+    }
+
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -823,6 +833,9 @@ impl Wal {
         self.stats.samples_dropped += samples;
         self.stats.batches_dropped += batches;
         self.stats.entries_unacked -= batches;
+        if samples > 0 || batches > 0 {
+            self.backlog_version += 1;
+        }
         debug!(path = %path.display(), old_len, new_len, samples, batches, "WAL segment coalesced");
         Ok(freed)
     }

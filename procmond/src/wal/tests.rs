@@ -829,3 +829,30 @@ fn random_operations_under_a_tight_bound_count_every_drop() {
     }
     assert!(coalesced > 0, "the bound was never reached");
 }
+
+#[test]
+fn the_backlog_version_moves_only_when_coalescing_rewrites_unacked_entries() {
+    let tmp = TempDir::new().unwrap();
+    let one = frame_size(1, &batch(1, 0, 0, 30, false));
+    // Room for about six such batches in segments of two.
+    let (mut wal, _) = open(tmp.path(), config(2 * one + 1, 6 * one + 1));
+    let v0 = wal.backlog_version();
+    let first = wal.append(&batch(1, 0, 0, 30, false)).unwrap();
+    wal.append(&batch(2, 1, 0, 30, true)).unwrap();
+    wal.ack(first).unwrap();
+    assert_eq!(
+        wal.backlog_version(),
+        v0,
+        "appends and acks rewrite nothing"
+    );
+    let before = replay(&wal);
+    for s in 3..=12 {
+        wal.append(&batch(s, 1, 0, 30, true)).unwrap();
+    }
+    assert!(
+        wal.stats().samples_dropped > 0,
+        "the bound forced coalescing"
+    );
+    assert_ne!(wal.backlog_version(), v0);
+    assert_ne!(replay(&wal)[0], before[0], "an entry read before changed");
+}
