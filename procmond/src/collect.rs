@@ -75,7 +75,10 @@ pub trait Collector {
 
     /// The once-per-instance fields of `pid` as of the last
     /// [`collect`](Collector::collect); `None` when it was not in it.
-    fn identity(&self, pid: u32) -> Option<Identity>;
+    /// Called once per new instance (and per exec): a collector may hand
+    /// over what it read and read again if asked a second time, so that it
+    /// does not keep a copy of every command line the caller keeps too.
+    fn identity(&mut self, pid: u32) -> Option<Identity>;
 
     /// Pids of known instances that exec'd (another program, same pid and
     /// start time) as the last [`collect`](Collector::collect) saw; their
@@ -152,7 +155,7 @@ impl Collector for AnyCollector {
         }
     }
 
-    fn identity(&self, pid: u32) -> Option<Identity> {
+    fn identity(&mut self, pid: u32) -> Option<Identity> {
         match self {
             AnyCollector::Sysinfo(c) => c.identity(pid),
             #[cfg(target_os = "linux")]
@@ -281,7 +284,7 @@ impl Collector for SysinfoCollector {
         out.sort_unstable_by_key(|o| o.pid);
     }
 
-    fn identity(&self, pid: u32) -> Option<Identity> {
+    fn identity(&mut self, pid: u32) -> Option<Identity> {
         let p = self.system.process(Pid::from_u32(pid))?;
         Some(Identity {
             name: p.name().to_string_lossy().into_owned(),

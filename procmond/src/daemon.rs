@@ -27,7 +27,7 @@ use tracing::{debug, error, info, warn};
 use crate::client::{self, Control};
 use crate::collect::{AnyCollector, Collector};
 use crate::error::Error;
-use crate::ledger::{Ledger, LedgerConfig};
+use crate::ledger::{Ledger, LedgerConfig, ScanDigest};
 use crate::scan::Scan;
 use crate::scanner::{ScanConfig, Scanner};
 use crate::wal::{Wal, WalConfig};
@@ -202,18 +202,18 @@ impl ScanOutput {
         scan.stats.self_cpu_seconds = cpu_seconds;
         scan.stats.self_rss_bytes = rss_bytes;
         scan.stats.missing_capabilities = crate::privilege::missing_now();
-        let batches = scan.into_batches(chunk_records);
-        if let Err(e) = self.ledger.append_scan(self.boot_id, &batches) {
-            error!(scan_seq, error = %e, "cannot append the scan to the audit ledger");
-        }
+        // Each chunk goes to the log as soon as it is made: a snapshot is
+        // never held whole a second time, as chunks, beside its records.
+        let mut digest = ScanDigest::new();
         match self.wal.lock() {
             Ok(mut wal) => {
-                for batch in &batches {
-                    if let Err(e) = wal.append(batch) {
+                scan.for_each_batch(chunk_records, |batch| {
+                    digest.update(&batch);
+                    if let Err(e) = wal.append(&batch) {
                         // Counted in the log's stats (appends_refused).
                         error!(scan_seq, error = %e, "scan chunk not kept: the write-ahead log refused it");
                     }
-                }
+                });
                 if wal.needs_sync()
                     && let Err(e) = wal.sync_now()
                 {
@@ -225,7 +225,11 @@ impl ScanOutput {
                     scan_seq,
                     "the write-ahead log is unusable after a panic; scan not kept"
                 );
+                scan.for_each_batch(chunk_records, |batch| digest.update(&batch));
             }
+        }
+        if let Err(e) = self.ledger.append_summary(self.boot_id, digest.finish()) {
+            error!(scan_seq, error = %e, "cannot append the scan to the audit ledger");
         }
         match self.notify.try_send(()) {
             // Full: the socket side has a nudge waiting already.

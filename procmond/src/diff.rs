@@ -79,7 +79,10 @@ pub struct Changes {
 /// The live instances as of the last scan.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    live: HashMap<InstanceKey, Entry>,
+    /// Boxed: a record is a few hundred bytes, and a table of them inline
+    /// would carry its spare capacity (and, while growing, two tables) at
+    /// that size per slot.
+    live: HashMap<InstanceKey, Box<Entry>>,
     scan: u64,
 }
 
@@ -115,11 +118,11 @@ impl Tracker {
                     record.sample = Some(sample_of(o));
                     self.live.insert(
                         key,
-                        Entry {
+                        Box::new(Entry {
                             record,
                             first_seen: scan,
                             last_seen: scan,
-                        },
+                        }),
                     );
                     changes.started.push(key);
                 }

@@ -380,7 +380,16 @@ impl Ledger {
         boot_id: [u8; 16],
         batches: &[ScanBatch],
     ) -> Result<Entry, LedgerError> {
-        let s = scan_summary(batches);
+        self.append_summary(boot_id, scan_summary(batches))
+    }
+
+    /// [`append_scan`](Ledger::append_scan) for a scan whose chunks were
+    /// fed to a [`ScanDigest`] as they were made.
+    pub fn append_summary(
+        &mut self,
+        boot_id: [u8; 16],
+        s: ScanSummary,
+    ) -> Result<Entry, LedgerError> {
         self.append(NewEntry {
             time_ms: s.time_ms,
             scan_seq: s.scan_seq,

@@ -58,7 +58,15 @@ impl Scan {
     /// `process_count` and `stats`. A scan with nothing to say is one empty
     /// last chunk.
     pub fn into_batches(self, max_records: usize) -> Vec<ScanBatch> {
-        let max_records = max_records.max(1);
+        let mut done = Vec::with_capacity(self.records() / max_records.max(1) + 1);
+        self.for_each_batch(max_records, |b| done.push(b));
+        done
+    }
+
+    /// [`into_batches`](Scan::into_batches), handing each chunk to `f` as
+    /// soon as it is full, so that only one is built at a time (a snapshot
+    /// of 10,000 processes is ten of them).
+    pub fn for_each_batch(self, max_records: usize, f: impl FnMut(ScanBatch)) {
         let head = ScanBatch {
             scan_seq: self.scan_seq,
             time_ms: self.time_ms,
@@ -66,14 +74,14 @@ impl Scan {
             ..ScanBatch::default()
         };
         let mut chunks = Chunks {
+            current: head.clone(),
             head,
-            max_records,
-            done: Vec::with_capacity(self.records() / max_records + 1),
-            current: ScanBatch::default(),
+            max_records: max_records.max(1),
+            sent: 0,
+            f,
             records: 0,
             bytes: 0,
         };
-        chunks.current = chunks.head.clone();
         for r in self.started {
             let len = r.encoded_len();
             chunks.push(len, |b| b.started.push(r));
@@ -90,15 +98,18 @@ impl Scan {
             let len = e.encoded_len();
             chunks.push(len, |b| b.exited.push(e));
         }
-        let mut done = chunks.done;
-        let mut last = chunks.current;
-        last.chunk = u32::try_from(done.len()).unwrap_or(u32::MAX);
+        let Chunks {
+            current: mut last,
+            sent,
+            mut f,
+            ..
+        } = chunks;
+        last.chunk = sent;
         last.last_chunk = true;
         last.duration_us = self.duration_us;
         last.process_count = self.process_count;
         last.stats = Some(self.stats);
-        done.push(last);
-        done
+        f(last);
     }
 
     /// Folds `newer` (the next scan) into this unsent one, so that sending
@@ -174,23 +185,26 @@ impl Scan {
     }
 }
 
-struct Chunks {
+struct Chunks<F> {
     head: ScanBatch,
     max_records: usize,
-    done: Vec<ScanBatch>,
+    /// Chunks handed to `f` so far.
+    sent: u32,
+    f: F,
     current: ScanBatch,
     records: usize,
     bytes: usize,
 }
 
-impl Chunks {
+impl<F: FnMut(ScanBatch)> Chunks<F> {
     fn push(&mut self, len: usize, add: impl FnOnce(&mut ScanBatch)) {
         if self.records >= self.max_records
             || (self.records > 0 && self.bytes + len > MAX_CHUNK_BYTES)
         {
             let mut full = std::mem::replace(&mut self.current, self.head.clone());
-            full.chunk = u32::try_from(self.done.len()).unwrap_or(u32::MAX);
-            self.done.push(full);
+            full.chunk = self.sent;
+            self.sent = self.sent.saturating_add(1);
+            (self.f)(full);
             self.records = 0;
             self.bytes = 0;
         }

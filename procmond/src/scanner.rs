@@ -170,7 +170,7 @@ impl<C: Collector> Scanner<C> {
             } = self;
             let all = &observed;
             tracker.apply(&observed, |o| {
-                new_record(o, all, &*collector, hasher, users, &mut new_pending)
+                new_record(o, all, collector, hasher, users, &mut new_pending)
             })
         };
         let execs = self.reread_execs(&observed, &mut new_pending);
@@ -313,11 +313,8 @@ impl<C: Collector> Scanner<C> {
             ..
         } = self;
         let mut execs = Vec::new();
-        let pids = collector
-            .exec_changes()
-            .iter()
-            .copied()
-            .chain(reread.drain(..).map(|k| k.pid));
+        let mut pids = collector.exec_changes().to_vec();
+        pids.extend(reread.drain(..).map(|k| k.pid));
         for pid in pids {
             let Ok(i) = observed.binary_search_by_key(&pid, |o| o.pid) else {
                 continue;
@@ -329,7 +326,7 @@ impl<C: Collector> Scanner<C> {
             if tracker.is_new(&key) || tracker.get(&key).is_none() || execs.contains(&key) {
                 continue;
             }
-            let mut record = new_record(o, observed, &*collector, hasher, users, new_pending);
+            let mut record = new_record(o, observed, collector, hasher, users, new_pending);
             if let Some(current) = tracker.get_mut(&key) {
                 record.sample = current.sample.take();
                 *current = record;
@@ -503,7 +500,7 @@ fn exe_info(probe: hash::ExeProbe, hasher: &mut Hasher) -> (ExeInfo, Option<Pend
 fn new_record<C: Collector>(
     o: &Observed,
     all: &[Observed],
-    collector: &C,
+    collector: &mut C,
     hasher: &mut Hasher,
     users: &mut UserNames,
     new_pending: &mut Vec<(InstanceKey, PendingHash)>,
@@ -573,7 +570,7 @@ mod tests {
             counters.vanished = 1;
         }
 
-        fn identity(&self, pid: u32) -> Option<Identity> {
+        fn identity(&mut self, pid: u32) -> Option<Identity> {
             Some(Identity {
                 name: self.names.get(&pid)?.clone(),
                 exe: None,

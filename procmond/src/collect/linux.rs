@@ -66,6 +66,8 @@ const STATUS_BYTES: usize = 4096;
 /// Most bytes of `cmdline` read: enough for [`MAX_CMDLINE_BYTES`] of
 /// arguments with as many separators.
 const CMDLINE_BYTES: usize = 2 * MAX_CMDLINE_BYTES + 8;
+/// Capacity of the list of identities read in one scan kept between scans.
+const FRESH_KEPT: usize = 256;
 
 /// What the collector remembers of one live instance.
 #[derive(Debug)]
@@ -77,7 +79,8 @@ struct Known {
     seen: u64,
     comm: Vec<u8>,
     exec_signature: Option<[u64; 3]>,
-    identity: Identity,
+    kernel_thread: bool,
+    uid: Option<u32>,
 }
 
 /// The Linux `/proc` collector (see the module docs).
@@ -93,6 +96,9 @@ pub struct ProcfsCollector {
     /// For `status` and `cmdline`.
     read_buf: Vec<u8>,
     known: HashMap<u32, Known>,
+    /// The identities the last scan read (new instances and execs), by
+    /// pid, until [`Collector::identity`] takes them.
+    fresh: Vec<(u32, Option<Identity>)>,
     exec_changes: Vec<u32>,
     scan: u64,
     last_scan: Option<Instant>,
@@ -137,6 +143,7 @@ impl ProcfsCollector {
             stat_buf: vec![0; STAT_BYTES],
             read_buf: vec![0; STATUS_BYTES],
             known: HashMap::new(),
+            fresh: Vec::new(),
             exec_changes: Vec::new(),
             scan: 0,
             last_scan: None,
@@ -168,6 +175,9 @@ impl ProcfsCollector {
     fn collect_at(&mut self, now: Instant, out: &mut Vec<Observed>, counters: &mut ScanCounters) {
         self.scan += 1;
         self.exec_changes.clear();
+        // After a snapshot this held every process: do not keep that much.
+        self.fresh.clear();
+        self.fresh.shrink_to(FRESH_KEPT);
         let elapsed = self
             .last_scan
             .map(|last| now.saturating_duration_since(last).as_secs_f32())
@@ -185,6 +195,7 @@ impl ProcfsCollector {
             stat_buf,
             read_buf,
             known,
+            fresh,
             exec_changes,
             scan,
             clock_ticks,
@@ -220,8 +231,18 @@ impl ProcfsCollector {
                             (ticks / *clock_ticks as f32 / secs * 100.0).min(*max_cpu_percent);
                     }
                     if exec_changed(k, &stat) {
-                        match read_identity(dir, path, read_buf, pid, &stat) {
-                            Ok(identity) => k.identity = identity,
+                        match read_identity(
+                            dir,
+                            path,
+                            read_buf,
+                            pid,
+                            stat.comm,
+                            stat.kernel_thread(),
+                        ) {
+                            Ok(identity) => {
+                                k.uid = identity.uid;
+                                fresh.push((pid, Some(identity)));
+                            }
                             Err(Gone) => {
                                 counters.vanished += 1;
                                 continue;
@@ -230,11 +251,11 @@ impl ProcfsCollector {
                         k.comm.clear();
                         k.comm.extend_from_slice(stat.comm);
                         exec_changes.push(pid);
-                    } else if k.identity.uid.is_none() {
+                    } else if k.uid.is_none() {
                         // Read again until it can be, as the portable
                         // collector does.
                         match read_uid(dir, path, read_buf, pid) {
-                            Ok(uid) => k.identity.uid = uid,
+                            Ok(uid) => k.uid = uid,
                             Err(Gone) => {
                                 counters.vanished += 1;
                                 continue;
@@ -248,21 +269,25 @@ impl ProcfsCollector {
                 }
                 _ => {
                     // New, or the pid was reused by a new instance.
-                    let identity = match read_identity(dir, path, read_buf, pid, &stat) {
-                        Ok(identity) => identity,
-                        Err(Gone) => {
-                            counters.vanished += 1;
-                            continue;
-                        }
-                    };
+                    let kernel_thread = stat.kernel_thread();
+                    let identity =
+                        match read_identity(dir, path, read_buf, pid, stat.comm, kernel_thread) {
+                            Ok(identity) => identity,
+                            Err(Gone) => {
+                                counters.vanished += 1;
+                                continue;
+                            }
+                        };
                     let known_now = Known {
                         start_ticks: stat.start_ticks,
                         cpu_ticks,
                         seen: scan,
                         comm: stat.comm.to_vec(),
                         exec_signature: stat.exec_signature(),
-                        identity,
+                        kernel_thread,
+                        uid: identity.uid,
                     };
+                    fresh.push((pid, Some(identity)));
                     match known.entry(pid) {
                         std::collections::hash_map::Entry::Occupied(mut o) => {
                             o.insert(known_now);
@@ -274,7 +299,7 @@ impl ProcfsCollector {
             };
             entry.cpu_ticks = cpu_ticks;
             entry.seen = scan;
-            if entry.identity.uid.is_none() {
+            if entry.uid.is_none() {
                 counters.unreadable += 1;
             }
             out.push(Observed {
@@ -293,6 +318,9 @@ impl ProcfsCollector {
             });
         }
         known.retain(|_, k| k.seen == scan);
+        if !fresh.is_sorted_by_key(|f| f.0) {
+            fresh.sort_unstable_by_key(|f| f.0);
+        }
         if !out.is_sorted_by_key(|o| o.pid) {
             out.sort_unstable_by_key(|o| o.pid);
         }
@@ -304,8 +332,24 @@ impl Collector for ProcfsCollector {
         self.collect_at(Instant::now(), out, counters);
     }
 
-    fn identity(&self, pid: u32) -> Option<Identity> {
-        self.known.get(&pid).map(|k| k.identity.clone())
+    /// Hands over what the last scan read; asked again (or for an instance
+    /// read in an earlier scan), reads `/proc` again.
+    fn identity(&mut self, pid: u32) -> Option<Identity> {
+        let k = self.known.get(&pid)?;
+        if let Ok(i) = self.fresh.binary_search_by_key(&pid, |f| f.0)
+            && let Some(identity) = self.fresh[i].1.take()
+        {
+            return Some(identity);
+        }
+        read_identity(
+            &self.dir,
+            &mut self.path,
+            &mut self.read_buf,
+            pid,
+            &k.comm,
+            k.kernel_thread,
+        )
+        .ok()
     }
 
     fn exec_changes(&self) -> &[u32] {
@@ -403,18 +447,19 @@ fn read_uid(
     }
 }
 
-/// The full read of a new instance (or one that exec'd): the name from its
-/// `stat`, the uid, the command line and the executable.
+/// The full read of a new instance (or one that exec'd): the name (`comm`
+/// from its `stat`), the uid, the command line and the executable.
 fn read_identity(
     dir: &OwnedFd,
     path: &mut String,
     buf: &mut Vec<u8>,
     pid: u32,
-    stat: &Stat<'_>,
+    comm: &[u8],
+    kernel_thread: bool,
 ) -> Result<Identity, Gone> {
     let uid = read_uid(dir, path, buf, pid)?;
-    let name = String::from_utf8_lossy(stat.comm).into_owned();
-    if stat.kernel_thread() {
+    let name = String::from_utf8_lossy(comm).into_owned();
+    if kernel_thread {
         // No address space: no command line and no executable.
         return Ok(Identity {
             name,
@@ -574,6 +619,8 @@ mod tests {
         assert_eq!(odd.cmdline, vec!["a".to_owned(), "b c".to_owned()]);
         assert_eq!(odd.exe, Some(PathBuf::from("/opt/odd name (x)")));
         assert_eq!(odd.uid, Some(1000));
+        let first = c.identity(100).expect("identity");
+        assert_eq!(first.cmdline, vec!["sleep", "30"]);
 
         // Steady state: only `stat` is read. A changed command line is not
         // seen (it is not read), CPU time is.
@@ -585,8 +632,11 @@ mod tests {
         let (out, _) = collect(&mut c, t0 + Duration::from_secs(1));
         let o = out.iter().find(|o| o.pid == 100).expect("listed");
         assert!((o.cpu_percent - 50.0).abs() < 0.01, "{}", o.cpu_percent);
-        assert_eq!(c.identity(100).expect("known").cmdline, vec!["sleep", "30"]);
+        assert!(c.fresh.is_empty(), "no identity read: {:?}", c.fresh);
         assert!(c.exec_changes().is_empty());
+        // Asked again after handing it over, the collector reads it again.
+        assert_eq!(c.identity(100).expect("known").cmdline, vec!["changed"]);
+        assert!(c.identity(12345).is_none(), "not listed");
 
         // CPU % is capped at 100 per CPU.
         f.put(&Proc {
