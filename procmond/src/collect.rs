@@ -21,6 +21,8 @@ use crate::error::Error;
 mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::ProcfsCollector;
+#[cfg(target_os = "linux")]
+pub(crate) use linux::descriptor_budget;
 
 /// Longest command line kept for a record, in bytes (all arguments
 /// together). Anything past it is cut, so one process cannot make a record

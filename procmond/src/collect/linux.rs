@@ -43,8 +43,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{self, Read as _};
+use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt as _;
 use std::path::{Path, PathBuf};
@@ -81,6 +80,11 @@ struct Known {
     exec_signature: Option<[u64; 3]>,
     kernel_thread: bool,
     uid: Option<u32>,
+    /// `PID/stat`, kept open while the fd budget allows: the next scans
+    /// read it with one `pread` instead of an `openat`, a `read` and a
+    /// `close`. It names this instance, not the pid: once the process is
+    /// gone it reads nothing, even if the pid is reused.
+    stat_fd: Option<OwnedFd>,
 }
 
 /// The Linux `/proc` collector (see the module docs).
@@ -100,6 +104,10 @@ pub struct ProcfsCollector {
     /// pid, until [`Collector::identity`] takes them.
     fresh: Vec<(u32, Option<Identity>)>,
     exec_changes: Vec<u32>,
+    /// `stat` descriptors kept open (an upper bound between scans, exact
+    /// after each), and the most that may be.
+    held_fds: usize,
+    max_held_fds: usize,
     scan: u64,
     last_scan: Option<Instant>,
     clock_ticks: u64,
@@ -145,6 +153,8 @@ impl ProcfsCollector {
             known: HashMap::new(),
             fresh: Vec::new(),
             exec_changes: Vec::new(),
+            held_fds: 0,
+            max_held_fds: descriptor_budget() / 2,
             scan: 0,
             last_scan: None,
             clock_ticks: rustix::param::clock_ticks_per_second().max(1),
@@ -197,6 +207,8 @@ impl ProcfsCollector {
             known,
             fresh,
             exec_changes,
+            held_fds,
+            max_held_fds,
             scan,
             clock_ticks,
             page_size,
@@ -206,16 +218,41 @@ impl ProcfsCollector {
         } = self;
         let scan = *scan;
         for &pid in pids.iter() {
-            let n = match read_file(dir, path, pid, "stat", stat_buf, STAT_BYTES) {
-                Ok(n) => n,
-                Err(e) if procfs::is_gone(&e) => {
-                    counters.vanished += 1;
-                    continue;
+            // Through the descriptor kept from an earlier scan; else (the
+            // first time, no budget left, or its process gone and the pid
+            // maybe reused) opened now, and kept if the budget allows.
+            let mut stat_fd = known.get_mut(&pid).and_then(|k| k.stat_fd.take());
+            let mut n = None;
+            if let Some(fd) = &stat_fd {
+                match pread_file(fd, stat_buf, STAT_BYTES) {
+                    Ok(len) if len > 0 => n = Some(len),
+                    _ => {
+                        stat_fd = None;
+                        *held_fds = held_fds.saturating_sub(1);
+                    }
                 }
-                Err(_) => {
-                    counters.unreadable += 1;
-                    continue;
-                }
+            }
+            let n = match n {
+                Some(n) => n,
+                None => match open_file(dir, path, pid, "stat")
+                    .and_then(|fd| Ok((pread_file(&fd, stat_buf, STAT_BYTES)?, fd)))
+                {
+                    Ok((n, fd)) => {
+                        if *held_fds < *max_held_fds {
+                            stat_fd = Some(fd);
+                            *held_fds += 1;
+                        }
+                        n
+                    }
+                    Err(e) if procfs::is_gone(&e) => {
+                        counters.vanished += 1;
+                        continue;
+                    }
+                    Err(_) => {
+                        counters.unreadable += 1;
+                        continue;
+                    }
+                },
             };
             let Some(stat) = procfs::parse_stat(&stat_buf[..n]) else {
                 counters.unreadable += 1;
@@ -286,6 +323,7 @@ impl ProcfsCollector {
                         exec_signature: stat.exec_signature(),
                         kernel_thread,
                         uid: identity.uid,
+                        stat_fd: None,
                     };
                     fresh.push((pid, Some(identity)));
                     match known.entry(pid) {
@@ -299,6 +337,7 @@ impl ProcfsCollector {
             };
             entry.cpu_ticks = cpu_ticks;
             entry.seen = scan;
+            entry.stat_fd = stat_fd;
             if entry.uid.is_none() {
                 counters.unreadable += 1;
             }
@@ -317,7 +356,13 @@ impl ProcfsCollector {
                 kernel_thread: stat.kernel_thread(),
             });
         }
-        known.retain(|_, k| k.seen == scan);
+        let mut held = 0;
+        known.retain(|_, k| {
+            let live = k.seen == scan;
+            held += usize::from(live && k.stat_fd.is_some());
+            live
+        });
+        *held_fds = held;
         if !fresh.is_sorted_by_key(|f| f.0) {
             fresh.sort_unstable_by_key(|f| f.0);
         }
@@ -386,12 +431,20 @@ fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     .map_err(io::Error::from)
 }
 
-/// Reads `PID/FILE` under `dir` into `buf` (kept zero-filled to its
-/// length, grown up to `limit`); returns the number of bytes read.
-///
-/// A short read ends the file: procfs hands out the whole of a file it has
-/// generated to a large enough buffer, so this saves the read that would
-/// return 0.
+/// Opens `PID/FILE` under `dir` for reading.
+fn open_file(dir: &OwnedFd, path: &mut String, pid: u32, file: &str) -> io::Result<OwnedFd> {
+    path.clear();
+    let _ = write!(path, "{pid}/{file}");
+    rustix::fs::openat(
+        dir,
+        path.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Reads `PID/FILE` under `dir` into `buf` (see [`pread_file`]).
 fn read_file(
     dir: &OwnedFd,
     path: &mut String,
@@ -400,16 +453,18 @@ fn read_file(
     buf: &mut Vec<u8>,
     limit: usize,
 ) -> io::Result<usize> {
-    path.clear();
-    let _ = write!(path, "{pid}/{file}");
-    let fd = rustix::fs::openat(
-        dir,
-        path.as_str(),
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
-        Mode::empty(),
-    )
-    .map_err(io::Error::from)?;
-    let mut file = File::from(fd);
+    pread_file(&open_file(dir, path, pid, file)?, buf, limit)
+}
+
+/// Reads the file `fd` from its start into `buf` (kept zero-filled to its
+/// length, grown up to `limit`); returns the number of bytes read. procfs
+/// generates the file afresh for a read at offset 0, so a descriptor kept
+/// open reads the current state every time.
+///
+/// A short read ends the file: procfs hands out the whole of a file it has
+/// generated to a large enough buffer, so this saves the read that would
+/// return 0.
+fn pread_file(fd: &OwnedFd, buf: &mut Vec<u8>, limit: usize) -> io::Result<usize> {
     let mut filled = 0;
     loop {
         if filled == buf.len() {
@@ -418,7 +473,7 @@ fn read_file(
             }
             buf.resize(buf.len().saturating_mul(2).clamp(64, limit), 0);
         }
-        match file.read(&mut buf[filled..]) {
+        match rustix::io::pread(fd, &mut buf[filled..], filled as u64) {
             Ok(0) => break,
             Ok(n) => {
                 filled += n;
@@ -426,11 +481,40 @@ fn read_file(
                     break;
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(filled)
+}
+
+/// Descriptors left for everything else procmond opens (its logs, the
+/// socket, executables being hashed, directories read for enrichment).
+const FD_RESERVE: u64 = 512;
+
+/// How many descriptors procmond may keep open for reading processes: the
+/// soft `RLIMIT_NOFILE`, raised to the hard limit first, less
+/// [`FD_RESERVE`]. Half go to `stat` files (here), half to descriptor
+/// directories (`enrich::fds`). At the usual hard limits (524,288 under
+/// systemd) that covers every process; past it the rest are opened at each
+/// scan, as without a budget.
+pub(crate) fn descriptor_budget() -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    // `None` is no limit.
+    let below_hard = match (limit.current, limit.maximum) {
+        (Some(soft), Some(hard)) => soft < hard,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if below_hard {
+        limit.current = limit.maximum;
+        if setrlimit(Resource::Nofile, limit).is_err() {
+            limit = getrlimit(Resource::Nofile);
+        }
+    }
+    let soft = limit.current.unwrap_or(u64::MAX);
+    usize::try_from(soft.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX)
 }
 
 /// The real uid from `status`; `None` when it cannot be read.
@@ -840,5 +924,52 @@ mod tests {
         let (again, _) = collect(&mut c, Instant::now());
         assert!(again.iter().any(|o| o.pid == me));
         assert!(again.iter().any(|o| o.pid == 1));
+    }
+
+    #[test]
+    fn kept_stat_descriptors_follow_a_process_until_it_is_gone() {
+        use crate::testutil::{Reaped, copy_sleep, spawn_retrying};
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let exe = copy_sleep(tmp.path(), "held-stat");
+        for budget in [usize::MAX, 0] {
+            let mut c = ProcfsCollector::new().expect("/proc");
+            c.max_held_fds = budget;
+            let mut child = Reaped(spawn_retrying(&exe, &["30"]));
+            let pid = child.0.id();
+            let (first, _) = collect(&mut c, Instant::now());
+            let start = first.iter().find(|o| o.pid == pid).expect("listed");
+            let kept = c.known.get(&pid).is_some_and(|k| k.stat_fd.is_some());
+            assert_eq!(kept, budget > 0, "budget {budget}");
+            assert!(c.held_fds <= budget);
+
+            // Read again through the kept descriptor: the same instance.
+            let (second, _) = collect(&mut c, Instant::now());
+            let again = second.iter().find(|o| o.pid == pid).expect("listed");
+            assert_eq!(again.start_time, start.start_time);
+
+            // Killed and not yet reaped it is a zombie; reaped, it is gone
+            // and its descriptor is closed.
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .expect("kill");
+            let mut zombie = false;
+            for _ in 0..200 {
+                let (out, _) = collect(&mut c, Instant::now());
+                if out.iter().any(|o| o.pid == pid && o.status == "Z") {
+                    zombie = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(zombie, "the killed child shows as a zombie");
+            child.0.wait().expect("reap");
+            let (out, _) = collect(&mut c, Instant::now());
+            assert!(out.iter().all(|o| o.pid != pid), "gone after reaping");
+            assert!(!c.known.contains_key(&pid));
+            let held = c.known.values().filter(|k| k.stat_fd.is_some()).count();
+            assert_eq!(c.held_fds, held, "the count is exact after a scan");
+        }
     }
 }
