@@ -268,7 +268,7 @@ impl<C: Collector> Scanner<C> {
         for o in observed.iter().filter(|o| !o.kernel_thread) {
             let key = InstanceKey::of(o);
             if let Some(sample) = tracker.get_mut(&key).and_then(|r| r.sample.as_mut()) {
-                sample.open_fds = enricher.open_fds(o.pid);
+                sample.open_fds = enricher.open_fds(o.pid, o.start_time);
                 if !swap_in_use {
                     sample.swap_bytes = Some(0);
                 } else if ports_due || sample.swap_bytes.is_none() {
@@ -277,6 +277,7 @@ impl<C: Collector> Scanner<C> {
                 port_procs.push((key.pid, key.start_time));
             }
         }
+        enricher.end_fd_pass();
         if !ports_due {
             return PortStats::default();
         }

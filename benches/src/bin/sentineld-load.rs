@@ -391,6 +391,13 @@ fn run(args: &Args) -> Result<Report, Box<dyn std::error::Error>> {
     }
     children.stop_all();
     drop(agent);
+    // procmond, root while the agent dropped to nobody, stops on its own
+    // once the agent has gone; the state directory it writes to is removed
+    // (when this returns) only after it has.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Path::new(&format!("/proc/{procmond_pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let cpu = |a: Option<u64>, b: Option<u64>| match (a, b) {
         (Some(a), Some(b)) => (b.saturating_sub(a) as f64 / TICKS_PER_SECOND) / window * 100.0,

@@ -4,7 +4,7 @@
 //! | what | when | cost |
 //! |---|---|---|
 //! | container id ([`cgroup`]) | once per instance | one read of `/proc/PID/cgroup`, at most [`cgroup::MAX_CGROUP_BYTES`] |
-//! | open file descriptors ([`fds`]) | every scan, every process | one `stat` of `/proc/PID/fd` (Linux 6.2+), else one directory listing |
+//! | open file descriptors ([`fds`]) | every scan, every process | one `fstat` of `/proc/PID/fd`, kept open while the descriptor budget allows, else one `stat` of it (Linux 6.2+); else one directory listing |
 //! | swapped-out memory ([`swap`]) | while the host has swap in use: every `--port-every`th scan and every snapshot, and once for each new instance; else 0 without reading | one read of `/proc/meminfo` per scan, then one of `/proc/PID/status` per process when due |
 //! | listening ports ([`ports`]) | every `--port-every`th scan (default 5) and every snapshot, within a time budget | the socket tables once per pass and network namespace; then one `readlink` per descriptor of new processes only, or of every process when a running one started listening and every 12th pass |
 //!
@@ -69,9 +69,16 @@ impl Enricher {
         self.swap.swapped(pid)
     }
 
-    /// Open descriptors of `pid`, when readable.
-    pub fn open_fds(&self, pid: u32) -> Option<u32> {
-        self.fds.count(pid)
+    /// Open descriptors of the instance (`pid`, `start_time`), when
+    /// readable. [`end_fd_pass`](Self::end_fd_pass) after the last.
+    pub fn open_fds(&mut self, pid: u32, start_time: i64) -> Option<u32> {
+        self.fds.count(pid, start_time)
+    }
+
+    /// Ends a pass of [`open_fds`](Self::open_fds) over every live
+    /// process: what the exited ones held is released.
+    pub fn end_fd_pass(&mut self) {
+        self.fds.end_pass();
     }
 
     /// Finds the listening ports of `procs` (pid and start time, sorted;
