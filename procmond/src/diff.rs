@@ -65,6 +65,9 @@ struct Entry {
     record: ProcessRecord,
     first_seen: u64,
     last_seen: u64,
+    /// A fingerprint of the sample as last sent (in a record or on its
+    /// own): eight bytes per process instead of a copy of the sample.
+    sent: Option<u64>,
 }
 
 /// What one scan changed.
@@ -84,6 +87,8 @@ pub struct Tracker {
     /// that size per slot.
     live: HashMap<InstanceKey, Box<Entry>>,
     scan: u64,
+    /// Scratch for sample fingerprints.
+    buf: Vec<u8>,
 }
 
 impl Tracker {
@@ -122,6 +127,7 @@ impl Tracker {
                             record,
                             first_seen: scan,
                             last_seen: scan,
+                            sent: None,
                         }),
                     );
                     changes.started.push(key);
@@ -168,18 +174,51 @@ impl Tracker {
         self.live.iter().map(|(k, e)| (k, &e.record))
     }
 
-    /// The latest sample of every instance that was not new in the last
-    /// scan, by pid.
-    pub fn samples_of_known(&self) -> Vec<Sample> {
-        let mut out: Vec<Sample> = self
-            .live
-            .values()
-            .filter(|e| e.first_seen != self.scan)
-            .filter_map(|e| e.record.sample.clone())
-            .collect();
+    /// The samples the last scan sends on their own, by pid: of every
+    /// instance that was not new in it (a new one's sample travels in its
+    /// record), those that differ from the sample last sent, or all of
+    /// them when `all`. Remembers them as sent, and the new instances'
+    /// samples too.
+    pub fn samples_to_send(&mut self, all: bool) -> Vec<Sample> {
+        let scan = self.scan;
+        let mut out = Vec::new();
+        for e in self.live.values_mut() {
+            let Some(sample) = &e.record.sample else {
+                continue;
+            };
+            let now = fingerprint(sample, &mut self.buf);
+            if e.first_seen != scan && (all || e.sent != Some(now)) {
+                out.push(sample.clone());
+            }
+            e.sent = Some(now);
+        }
         out.sort_unstable_by_key(|s| s.instance.map(|i| (i.pid, i.start_time)));
         out
     }
+
+    /// Every live instance's sample went out in its record (a snapshot).
+    pub fn mark_all_sent(&mut self) {
+        for e in self.live.values_mut() {
+            e.sent = e
+                .record
+                .sample
+                .as_ref()
+                .map(|s| fingerprint(s, &mut self.buf));
+        }
+    }
+}
+
+/// A 64-bit hash of the sample's encoding (`buf` is scratch). Two samples
+/// that differ hash alike once in 2^64; such a sample would be sent at the
+/// next scan that sends every sample.
+fn fingerprint(sample: &Sample, buf: &mut Vec<u8>) -> u64 {
+    use prost::Message as _;
+    use std::hash::{DefaultHasher, Hasher as _};
+    buf.clear();
+    sample.encode(buf).expect("a Vec grows to hold any message");
+    let mut h = DefaultHasher::new();
+    h.write(buf);
+    h.finish()
 }
 
 #[cfg(test)]
@@ -220,7 +259,7 @@ mod tests {
         assert!(c.exited.is_empty());
         assert!(t.is_new(&key(10, 100)));
         assert!(
-            t.samples_of_known().is_empty(),
+            t.samples_to_send(true).is_empty(),
             "new instances carry their sample"
         );
         let first = t.get(&key(10, 100)).expect("live");
@@ -237,7 +276,7 @@ mod tests {
         assert_eq!(c.started, vec![key(12, 101)]);
         assert_eq!(c.exited, vec![key(11, 100)]);
         assert!(!t.is_new(&key(10, 100)));
-        let samples = t.samples_of_known();
+        let samples = t.samples_to_send(false);
         assert_eq!(samples.len(), 1);
         assert_eq!(samples[0].instance, Some(key(10, 100).to_ref()));
         assert_eq!(samples[0].rss_bytes, 5);
@@ -247,6 +286,27 @@ mod tests {
         let c = t.apply(&[], named);
         assert_eq!(c.exited, vec![key(10, 100), key(12, 101)]);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn unchanged_samples_are_sent_only_when_all_are_asked_for() {
+        let mut t = Tracker::new();
+        t.apply(&[obs(10, 100, 1), obs(11, 100, 1)], named);
+        assert!(t.samples_to_send(false).is_empty());
+        t.apply(&[obs(10, 100, 1), obs(11, 100, 2)], named);
+        let sent = t.samples_to_send(false);
+        assert_eq!(sent.len(), 1, "only 11 changed");
+        assert_eq!(sent[0].instance, Some(key(11, 100).to_ref()));
+        t.apply(&[obs(10, 100, 1), obs(11, 100, 2)], named);
+        assert!(t.samples_to_send(false).is_empty(), "nothing changed");
+        t.apply(&[obs(10, 100, 1), obs(11, 100, 2)], named);
+        assert_eq!(t.samples_to_send(true).len(), 2, "all when asked");
+
+        // After a snapshot, the next scan sends only what changed since.
+        t.apply(&[obs(10, 100, 3), obs(11, 100, 2)], named);
+        t.mark_all_sent();
+        t.apply(&[obs(10, 100, 3), obs(11, 100, 2)], named);
+        assert!(t.samples_to_send(false).is_empty());
     }
 
     #[test]
@@ -268,7 +328,7 @@ mod tests {
         zombie.status = "Z";
         zombie.threads = 0;
         t.apply(&[zombie], named);
-        let s = &t.samples_of_known()[0];
+        let s = &t.samples_to_send(false)[0];
         assert_eq!((s.status.as_str(), s.threads), ("Z", 0));
     }
 }

@@ -79,6 +79,11 @@ struct Waiters {
     queued: bool,
 }
 
+/// A known instance's sample is sent when one of its figures changed, and
+/// at every this many scans whatever they are, so an idle process still
+/// has a point in its history every few intervals.
+pub const SAMPLE_EVERY: u64 = 12;
+
 /// Collects, diffs and hashes, one scan per call.
 #[derive(Debug)]
 pub struct Scanner<C> {
@@ -220,9 +225,11 @@ impl<C: Collector> Scanner<C> {
                 ..ScanStats::default()
             },
             samples: if snapshot {
+                self.tracker.mark_all_sent();
                 Vec::new()
             } else {
-                self.tracker.samples_of_known()
+                self.tracker
+                    .samples_to_send(self.scan_seq.is_multiple_of(SAMPLE_EVERY))
             },
             updated: updated
                 .iter()
@@ -648,7 +655,16 @@ mod tests {
 
         let second = s.scan(false, Duration::ZERO);
         assert!(second.started.is_empty());
-        assert_eq!(second.samples.len(), 2);
+        assert!(second.samples.is_empty(), "nothing changed");
+        s.collector.procs[1].rss_bytes = 8192;
+        let changed = s.scan(false, Duration::ZERO);
+        assert_eq!(changed.samples.len(), 1, "only what changed");
+        assert_eq!(changed.samples[0].rss_bytes, 8192);
+        while s.scan_seq + 1 < SAMPLE_EVERY {
+            assert!(s.scan(false, Duration::ZERO).samples.is_empty());
+        }
+        let every = s.scan(false, Duration::ZERO);
+        assert_eq!(every.samples.len(), 2, "all at every SAMPLE_EVERYth scan");
 
         let snap = s.scan(true, Duration::ZERO);
         assert!(snap.snapshot);
@@ -661,9 +677,9 @@ mod tests {
             exit.exited.iter().map(|i| i.pid).collect::<Vec<_>>(),
             vec![10]
         );
-        assert_eq!(exit.samples.len(), 1);
+        assert!(exit.samples.is_empty(), "the snapshot sent them");
         assert_eq!(exit.process_count, 1);
-        assert_eq!(exit.scan_seq, 4);
+        assert_eq!(exit.scan_seq, SAMPLE_EVERY + 2);
     }
 
     #[test]
@@ -725,7 +741,6 @@ mod tests {
         for _ in 0..3000 {
             let scan = s.scan(false, Duration::ZERO);
             assert!(scan.started.is_empty());
-            assert_eq!(scan.samples.len(), 1);
             if let Some(r) = scan.updated.first() {
                 update = Some(r.clone());
                 break;

@@ -1,7 +1,6 @@
 //! Daemon mode against a real local socket: handshake, snapshot, deltas,
 //! reconnection, version refusal and shutdown.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -191,17 +190,30 @@ async fn sends_a_snapshot_then_deltas_and_reconnects() {
     }
     assert!(delta.iter().all(|c| !c.snapshot));
     assert!(delta[0].scan_seq > snapshot[0].scan_seq);
-    let sampled: HashSet<u32> = delta
-        .iter()
-        .flat_map(|c| c.samples.iter())
-        .filter_map(|s| s.instance.map(|i| i.pid))
-        .collect();
-    assert!(sampled.contains(&me), "this process is sampled");
-    assert!(delta.iter().all(|c| {
-        c.started
+    // A sample goes out when a figure changed, and every SAMPLE_EVERYth
+    // scan regardless: within that many deltas this process is sampled.
+    let mut sampled = false;
+    for _ in 0..=procmond::scanner::SAMPLE_EVERY + 1 {
+        if delta.iter().all(|c| c.snapshot) {
+            delta = read_scan(&mut conn, &mut seqs).await;
+            continue;
+        }
+        assert!(delta.iter().all(|c| !c.snapshot));
+        assert!(delta.iter().all(|c| {
+            c.started
+                .iter()
+                .all(|r| r.instance.is_some_and(|i| i.pid != me))
+        }));
+        sampled = delta
             .iter()
-            .all(|r| r.instance.is_some_and(|i| i.pid != me))
-    }));
+            .flat_map(|c| c.samples.iter())
+            .any(|s| s.instance.is_some_and(|i| i.pid == me));
+        if sampled {
+            break;
+        }
+        delta = read_scan(&mut conn, &mut seqs).await;
+    }
+    assert!(sampled, "this process is sampled");
 
     // The agent goes away: procmond comes back with a new handshake
     // (sequence from 1 again), first replays from its write-ahead log what
