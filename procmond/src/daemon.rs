@@ -31,6 +31,7 @@ use crate::ledger::{Ledger, LedgerConfig, ScanDigest};
 use crate::scan::Scan;
 use crate::scanner::{ScanConfig, Scanner};
 use crate::wal::{Wal, WalConfig};
+use sentineld_proto::v1::ProcessRecord;
 
 /// Everything daemon mode needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,8 +190,14 @@ struct ScanOutput {
 }
 
 impl ScanOutput {
-    /// Records one scan; false when the socket side has gone (shutdown).
-    fn record(&mut self, mut scan: Scan, chunk_records: usize) -> bool {
+    /// Records one scan, with `snapshot_records` after its `started`;
+    /// false when the socket side has gone (shutdown).
+    fn record(
+        &mut self,
+        mut scan: Scan,
+        snapshot_records: impl Iterator<Item = ProcessRecord>,
+        chunk_records: usize,
+    ) -> bool {
         let scan_seq = scan.scan_seq;
         if let Ok(wal) = self.wal.lock() {
             let stats = wal.stats();
@@ -207,7 +214,7 @@ impl ScanOutput {
         let mut digest = ScanDigest::new();
         match self.wal.lock() {
             Ok(mut wal) => {
-                scan.for_each_batch(chunk_records, |batch| {
+                scan.for_each_batch(chunk_records, snapshot_records, |batch| {
                     digest.update(&batch);
                     if let Err(e) = wal.append(&batch) {
                         // Counted in the log's stats (appends_refused).
@@ -225,7 +232,9 @@ impl ScanOutput {
                     scan_seq,
                     "the write-ahead log is unusable after a panic; scan not kept"
                 );
-                scan.for_each_batch(chunk_records, |batch| digest.update(&batch));
+                scan.for_each_batch(chunk_records, snapshot_records, |batch| {
+                    digest.update(&batch);
+                });
             }
         }
         if let Err(e) = self.ledger.append_summary(self.boot_id, digest.finish()) {
@@ -269,14 +278,15 @@ fn scan_loop<C: Collector>(
         }
         let started = Instant::now();
         let hash_wait = scanner.config().hash_wait;
-        let scan = scanner.scan(snapshot, hash_wait);
-        snapshot = false;
+        let scan = scanner.scan_deferred(snapshot, hash_wait);
         debug!(
             scan_seq = scan.scan_seq,
-            records = scan.records(),
+            records = scan.records() + if snapshot { scanner.live() } else { 0 },
             "scan done"
         );
-        if !out.record(scan, chunk_records) {
+        let records = snapshot.then(|| scanner.snapshot_records());
+        snapshot = false;
+        if !out.record(scan, records.into_iter().flatten(), chunk_records) {
             return;
         }
         if !ready {

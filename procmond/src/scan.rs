@@ -59,14 +59,20 @@ impl Scan {
     /// last chunk.
     pub fn into_batches(self, max_records: usize) -> Vec<ScanBatch> {
         let mut done = Vec::with_capacity(self.records() / max_records.max(1) + 1);
-        self.for_each_batch(max_records, |b| done.push(b));
+        self.for_each_batch(max_records, std::iter::empty(), |b| done.push(b));
         done
     }
 
     /// [`into_batches`](Scan::into_batches), handing each chunk to `f` as
     /// soon as it is full, so that only one is built at a time (a snapshot
-    /// of 10,000 processes is ten of them).
-    pub fn for_each_batch(self, max_records: usize, f: impl FnMut(ScanBatch)) {
+    /// of 10,000 processes is ten of them). `more_started` follow
+    /// `started` (a snapshot's records, taken one at a time).
+    pub fn for_each_batch(
+        self,
+        max_records: usize,
+        more_started: impl Iterator<Item = ProcessRecord>,
+        f: impl FnMut(ScanBatch),
+    ) {
         let head = ScanBatch {
             scan_seq: self.scan_seq,
             time_ms: self.time_ms,
@@ -82,7 +88,7 @@ impl Scan {
             records: 0,
             bytes: 0,
         };
-        for r in self.started {
+        for r in self.started.into_iter().chain(more_started) {
             let len = r.encoded_len();
             chunks.push(len, |b| b.started.push(r));
         }

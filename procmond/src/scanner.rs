@@ -151,6 +151,28 @@ impl<C: Collector> Scanner<C> {
     /// Runs one scan, waiting at most `hash_wait` for the hashes it needs:
     /// those of new instances or, for a `snapshot`, of every live instance.
     pub fn scan(&mut self, snapshot: bool, hash_wait: Duration) -> Scan {
+        let mut scan = self.scan_deferred(snapshot, hash_wait);
+        if snapshot {
+            scan.started = self.snapshot_records().collect();
+        }
+        scan
+    }
+
+    /// Every live instance's record, by pid, each cloned only when the
+    /// iterator reaches it: a snapshot's `started`, for a caller that
+    /// sends it chunk by chunk.
+    pub fn snapshot_records(&self) -> impl Iterator<Item = ProcessRecord> + '_ {
+        let mut keys: Vec<InstanceKey> = self.tracker.iter().map(|(k, _)| *k).collect();
+        keys.sort_unstable();
+        keys.into_iter()
+            .filter_map(|k| self.tracker.get(&k).cloned())
+    }
+
+    /// [`scan`](Self::scan), except that a snapshot's `started` is left
+    /// empty: the caller takes the records from
+    /// [`snapshot_records`](Self::snapshot_records) as it sends them,
+    /// rather than holding a copy of every record at once.
+    pub fn scan_deferred(&mut self, snapshot: bool, hash_wait: Duration) -> Scan {
         let started_at = Instant::now();
         let time_ms = sentineld_common::time::now_millis();
         self.scan_seq += 1;
@@ -198,8 +220,9 @@ impl<C: Collector> Scanner<C> {
         let mut updated = self.wait_for_hashes(snapshot, &changes.started, hash_wait);
         updated.extend_from_slice(&execs);
 
-        let mut started: Vec<ProcessRecord> = if snapshot {
-            self.tracker.iter().map(|(_, r)| r.clone()).collect()
+        // `changes.started` is sorted.
+        let started: Vec<ProcessRecord> = if snapshot {
+            Vec::new()
         } else {
             changes
                 .started
@@ -207,7 +230,6 @@ impl<C: Collector> Scanner<C> {
                 .filter_map(|k| self.tracker.get(k).cloned())
                 .collect()
         };
-        started.sort_unstable_by_key(|r| r.instance.map(|i| (i.pid, i.start_time)));
         updated.sort_unstable();
         updated.dedup();
         let scan = Scan {
@@ -630,6 +652,31 @@ mod tests {
         r.exe_info
             .as_ref()
             .map_or(HashStatus::Unspecified, |i| i.hash_status())
+    }
+
+    #[test]
+    fn a_deferred_snapshot_sends_the_same_records_one_at_a_time() {
+        let procs = vec![
+            observed(30, 2, true),
+            observed(2, 0, true),
+            observed(10, 2, true),
+        ];
+        let mut whole = scanner(procs.clone());
+        let mut deferred = scanner(procs);
+        whole.scan(false, Duration::ZERO);
+        deferred.scan(false, Duration::ZERO);
+        let mut expected = whole.scan(true, Duration::ZERO);
+        let mut scan = deferred.scan_deferred(true, Duration::ZERO);
+        assert!(scan.snapshot && scan.started.is_empty());
+        scan.started = deferred.snapshot_records().collect();
+        assert_eq!(
+            scan.started.iter().map(pid_of).collect::<Vec<_>>(),
+            vec![2, 10, 30],
+            "by pid"
+        );
+        (scan.time_ms, scan.duration_us) = (expected.time_ms, expected.duration_us);
+        expected.stats.hash_pending = scan.stats.hash_pending;
+        assert_eq!(scan, expected);
     }
 
     #[test]
