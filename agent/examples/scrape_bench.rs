@@ -43,7 +43,7 @@ fn snapshot() -> Snapshot {
     let processes = (1..=PROCESSES)
         .map(|pid| {
             let r = next();
-            ProcessRow {
+            Arc::new(ProcessRow {
                 pid,
                 name: format!("proc-{}", r % 500),
                 user: Some(format!("user{}", r % 20)),
@@ -62,7 +62,7 @@ fn snapshot() -> Snapshot {
                 exe: Some("/usr/bin/something".to_owned()),
                 cmdline: vec!["something".to_owned(), "--flag".to_owned()],
                 start_time: "2026-11-03T09:00:00Z".to_owned(),
-            }
+            })
         })
         .collect();
     let mut scan = BucketHistogram::new(SCAN_DURATION_BUCKETS);

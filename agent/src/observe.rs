@@ -31,7 +31,7 @@ pub(crate) struct CollectorSelf {
 /// What the detection thread publishes.
 #[derive(Debug)]
 struct Published {
-    processes: Arc<Vec<ProcessRow>>,
+    processes: Arc<Vec<Arc<ProcessRow>>>,
     last_scan_at: Option<Instant>,
     /// What procmond said of itself in its last scan.
     collector: Option<CollectorSelf>,
@@ -74,18 +74,19 @@ impl AgentState {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Publishes the live processes at the end of a scan: `rows` with each
-    /// one's start time (unix seconds, for the CPU-spike tracker), and what
-    /// procmond reported of itself with the scan.
+    /// Publishes the live processes at the end of a scan: `rows`, with
+    /// each one's start time in `starts` (unix seconds, for the CPU-spike
+    /// tracker), and what procmond reported of itself with the scan.
     pub(crate) fn publish_scan(
         &self,
-        rows: Vec<(ProcessRow, i64)>,
+        rows: Vec<Arc<ProcessRow>>,
+        starts: &[i64],
         duration_us: u64,
         collector: CollectorSelf,
     ) {
         let now = Instant::now();
         let mut p = self.published();
-        for (row, start) in &rows {
+        for (row, start) in rows.iter().zip(starts) {
             p.spikes.observe(
                 row.pid,
                 u64::try_from(*start).unwrap_or(0),
@@ -97,7 +98,7 @@ impl AgentState {
         p.scan_durations.observe(duration_us as f64 / 1e6);
         p.last_scan_at = Some(now);
         p.collector = Some(collector);
-        p.processes = Arc::new(rows.into_iter().map(|(row, _)| row).collect());
+        p.processes = Arc::new(rows);
     }
 
     /// Records how long one rule evaluation pass took.

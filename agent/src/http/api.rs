@@ -127,10 +127,11 @@ pub(crate) struct ProcessList<'a> {
 pub(crate) fn processes<'a>(snapshot: &'a Snapshot, query: &Query) -> ProcessList<'a> {
     let needle = query.get("name").map(str::to_lowercase);
     let mut processes: Vec<&ProcessRow> = match needle.as_deref() {
-        None | Some("") => snapshot.processes.iter().collect(),
+        None | Some("") => snapshot.processes.iter().map(|r| &**r).collect(),
         Some(needle) => snapshot
             .processes
             .iter()
+            .map(|r| &**r)
             .filter(|row| row.name.to_lowercase().contains(needle))
             .collect(),
     };
@@ -214,6 +215,7 @@ pub(crate) fn group<'a>(snapshot: &'a Snapshot, query: &'a Query) -> Result<Grou
     let mut members: Vec<&ProcessRow> = snapshot
         .processes
         .iter()
+        .map(|r| &**r)
         .filter(|row| in_group(&row.name, base))
         .collect();
     members.sort_unstable_by_key(|row| row.pid);

@@ -18,6 +18,8 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use std::borrow::Borrow;
+
 use crate::http::state::{BucketHistogram, ProcessRow, Snapshot};
 
 /// Content type of the OpenMetrics text format, served when the scraper
@@ -100,7 +102,7 @@ pub fn render_metrics(
 /// Indexes into `rows` of the union of the top `n` by CPU and the top `n` by
 /// resident memory, in ascending index order. Ties go to the lower pid, so
 /// the choice is stable between scrapes.
-pub(crate) fn top_processes(rows: &[ProcessRow], n: usize) -> Vec<usize> {
+pub(crate) fn top_processes<R: Borrow<ProcessRow>>(rows: &[R], n: usize) -> Vec<usize> {
     if rows.len() <= n {
         return (0..rows.len()).collect();
     }
@@ -110,14 +112,14 @@ pub(crate) fn top_processes(rows: &[ProcessRow], n: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     let mut chosen = Vec::with_capacity(2 * n);
     order.select_nth_unstable_by(nth, |&a, &b| {
-        let (a, b) = (&rows[a], &rows[b]);
+        let (a, b) = (rows[a].borrow(), rows[b].borrow());
         b.cpu_percent
             .total_cmp(&a.cpu_percent)
             .then(a.pid.cmp(&b.pid))
     });
     chosen.extend_from_slice(&order[..n]);
     order.select_nth_unstable_by(nth, |&a, &b| {
-        let (a, b) = (&rows[a], &rows[b]);
+        let (a, b) = (rows[a].borrow(), rows[b].borrow());
         b.rss_bytes.cmp(&a.rss_bytes).then(a.pid.cmp(&b.pid))
     });
     chosen.extend_from_slice(&order[..n]);
@@ -406,7 +408,11 @@ impl Collector for SnapshotCollector {
             )?;
         }
 
-        let top = || self.top.iter().filter_map(|&i| snapshot.processes.get(i));
+        let top = || {
+            self.top
+                .iter()
+                .filter_map(|&i| snapshot.processes.get(i).map(|r| &**r))
+        };
         let labels = |row| ProcessLabels { row, kind: None };
         family(
             enc,

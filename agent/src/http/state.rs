@@ -65,8 +65,9 @@ pub struct Snapshot {
     pub agent: AgentCounters,
     /// Every live process as of the last scan, in any order. `/metrics`
     /// exports only the top N of these by CPU and by memory; the JSON API
-    /// shows all of them.
-    pub processes: Arc<Vec<ProcessRow>>,
+    /// shows all of them. Rows are shared: a process whose figures did not
+    /// change keeps its row from one snapshot to the next.
+    pub processes: Arc<Vec<Arc<ProcessRow>>>,
     /// How long processes stayed above the CPU-spike threshold, in seconds:
     /// a clone of [`crate::http::SpikeTracker::histogram`].
     pub cpu_spike_seconds: BucketHistogram,

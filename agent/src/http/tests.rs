@@ -124,14 +124,19 @@ fn full_snapshot() -> Snapshot {
             collector_cpu_seconds: Some(0.25),
             collector_rss_bytes: Some(8 << 20),
         },
-        processes: Arc::new(vec![
-            process(1, "nginx", 5.0, 10 << 20),
-            process(2, "php-fpm", 20.0, 50 << 20),
-            process(3, "php-fpm-worker", 30.0, 40 << 20),
-            process(4, "php-fpm:pool www", 10.0, 30 << 20),
-            process(5, "php", 1.0, 5 << 20),
-            process(6, "Postgres", 0.5, 200 << 20),
-        ]),
+        processes: Arc::new(
+            [
+                process(1, "nginx", 5.0, 10 << 20),
+                process(2, "php-fpm", 20.0, 50 << 20),
+                process(3, "php-fpm-worker", 30.0, 40 << 20),
+                process(4, "php-fpm:pool www", 10.0, 30 << 20),
+                process(5, "php", 1.0, 5 << 20),
+                process(6, "Postgres", 0.5, 200 << 20),
+            ]
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+        ),
         cpu_spike_seconds: spikes.histogram().clone(),
     }
 }
@@ -511,10 +516,10 @@ async fn metrics_default_to_prometheus_text_and_head_has_no_body() {
 async fn label_values_are_escaped() {
     let nasty = "evil\"name\\with\nnewline";
     let mut snapshot = full_snapshot();
-    snapshot.processes = Arc::new(vec![ProcessRow {
+    snapshot.processes = Arc::new(vec![Arc::new(ProcessRow {
         user: Some("we\"ird".to_owned()),
         ..process(77, nasty, 99.0, 1)
-    }]);
+    })]);
     let (addr, token, handle) = start(FakeState::new(snapshot), config()).await;
     for reply in [scrape(addr).await, get(addr, "/metrics").await] {
         assert_eq!(reply.status, 200);
@@ -546,12 +551,12 @@ async fn top_n_is_bounded_and_stale_series_disappear() {
     // pid 1000+i: cpu grows with i, memory shrinks with i.
     snapshot.processes = (0..200)
         .map(|i| {
-            process(
+            Arc::new(process(
                 1000 + i,
                 "worker",
                 i as f32 / 2.0,
                 u64::from(1000 - i) << 10,
-            )
+            ))
         })
         .collect::<Vec<_>>()
         .into();
@@ -565,10 +570,12 @@ async fn top_n_is_bounded_and_stale_series_disappear() {
     assert_eq!(first, expected);
 
     // pid 1199 drops to idle and small: it leaves both top sets.
-    let row = Arc::make_mut(&mut snapshot.processes)
-        .iter_mut()
-        .find(|r| r.pid == 1199)
-        .unwrap();
+    let row = Arc::make_mut(
+        Arc::make_mut(&mut snapshot.processes)
+            .iter_mut()
+            .find(|r| r.pid == 1199)
+            .unwrap(),
+    );
     row.cpu_percent = 0.0;
     row.rss_bytes = 1;
     state.set(snapshot);
