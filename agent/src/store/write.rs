@@ -27,7 +27,7 @@ use crate::store::{RedbResultExt, StoreError};
 
 /// Page cache of the writer. redb's default is 1 GiB; the agent is meant to
 /// stay small, and its writes touch the recent end of each table.
-const WRITER_CACHE_BYTES: usize = 16 * 1024 * 1024;
+const WRITER_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Samples `recent_samples` holds before they are moved into `samples`
 /// (about 6 MiB of redb pages). A batch appends its samples at the end of
