@@ -99,7 +99,10 @@ pub struct ProcfsCollector {
     stat_buf: Vec<u8>,
     /// For `status` and `cmdline`.
     read_buf: Vec<u8>,
-    known: HashMap<u32, Known>,
+    /// Boxed, as the scanner's tracker is: a table of inline entries
+    /// carries its spare capacity (and two tables while growing) at their
+    /// size.
+    known: HashMap<u32, Box<Known>>,
     /// The identities the last scan read (new instances and execs), by
     /// pid, until [`Collector::identity`] takes them.
     fresh: Vec<(u32, Option<Identity>)>,
@@ -315,7 +318,7 @@ impl ProcfsCollector {
                                 continue;
                             }
                         };
-                    let known_now = Known {
+                    let known_now = Box::new(Known {
                         start_ticks: stat.start_ticks,
                         cpu_ticks,
                         seen: scan,
@@ -324,7 +327,7 @@ impl ProcfsCollector {
                         kernel_thread,
                         uid: identity.uid,
                         stat_fd: None,
-                    };
+                    });
                     fresh.push((pid, Some(identity)));
                     match known.entry(pid) {
                         std::collections::hash_map::Entry::Occupied(mut o) => {
