@@ -39,7 +39,12 @@
 //! ## Cost
 //! The directory handle, the `getdents` buffer, the path and the read
 //! buffers are kept from scan to scan, so a steady-state scan allocates
-//! nothing per process: per pid one `openat`, one `read` and one `close`.
+//! nothing per process. Each known instance's `stat` stays open between
+//! scans (within a share of `RLIMIT_NOFILE`, see [`descriptor_budget`]), so
+//! a steady-state scan costs one `pread` per process (past the budget, an
+//! `openat`, a `read` and a `close`). The descriptor refers to the process,
+//! not to the pid: when the process is gone the read fails, and a reused
+//! pid is opened anew.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

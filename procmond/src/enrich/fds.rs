@@ -8,6 +8,7 @@
 //! `CAP_SYS_PTRACE` and `CAP_DAC_READ_SEARCH`): without it the count of
 //! another user's process is `None`, not an error.
 
+#[cfg(target_os = "linux")]
 use std::collections::HashMap;
 #[cfg(target_os = "linux")]
 use std::fmt::Write as _;
