@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use sentineld_proto::v1::{ExeInfo, ProcessRecord, ScanStats};
 use tracing::{debug, error};
 
-use crate::collect::{Collector, Observed, ScanCounters};
+use crate::collect::{Collector, Identity, Observed, ScanCounters};
 use crate::diff::{InstanceKey, Tracker};
 use crate::enrich::Enricher;
 use crate::enrich::ports::PortStats;
@@ -197,7 +197,8 @@ impl<C: Collector> Scanner<C> {
             } = self;
             let all = &observed;
             tracker.apply(&observed, |o| {
-                new_record(o, all, collector, hasher, users, &mut new_pending)
+                let identity = collector.identity(o.pid).unwrap_or_default();
+                new_record(o, identity, all, hasher, users, &mut new_pending)
             })
         };
         let execs = self.reread_execs(&observed, &mut new_pending);
@@ -356,7 +357,12 @@ impl<C: Collector> Scanner<C> {
             if tracker.is_new(&key) || tracker.get(&key).is_none() || execs.contains(&key) {
                 continue;
             }
-            let mut record = new_record(o, observed, collector, hasher, users, new_pending);
+            // Gone since it was listed: keep the record it has rather
+            // than one with nothing read.
+            let Some(identity) = collector.identity(pid) else {
+                continue;
+            };
+            let mut record = new_record(o, identity, observed, hasher, users, new_pending);
             if let Some(current) = tracker.get_mut(&key) {
                 record.sample = current.sample.take();
                 *current = record;
@@ -527,15 +533,14 @@ fn exe_info(probe: hash::ExeProbe, hasher: &mut Hasher) -> (ExeInfo, Option<Pend
 /// Builds the full record of an instance seen for the first time. Its
 /// executable is probed; a file to hash that is not in the cache is added
 /// to `new_pending` and the record says `PENDING`.
-fn new_record<C: Collector>(
+fn new_record(
     o: &Observed,
+    identity: Identity,
     all: &[Observed],
-    collector: &mut C,
     hasher: &mut Hasher,
     users: &mut UserNames,
     new_pending: &mut Vec<(InstanceKey, PendingHash)>,
 ) -> ProcessRecord {
-    let identity = collector.identity(o.pid).unwrap_or_default();
     let probe = hash::probe_exe(
         o.pid,
         identity.exe.as_deref(),
@@ -581,7 +586,6 @@ fn new_record<C: Collector>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collect::Identity;
     use crate::testutil::{Reaped, copy_sleep, spawn_retrying};
     use sentineld_proto::v1::HashStatus;
     use sha2::{Digest as _, Sha256};
@@ -727,6 +731,22 @@ mod tests {
         assert!(exit.samples.is_empty(), "the snapshot sent them");
         assert_eq!(exit.process_count, 1);
         assert_eq!(exit.scan_seq, SAMPLE_EVERY + 2);
+    }
+
+    #[test]
+    fn an_exec_of_a_process_gone_before_it_is_read_keeps_its_record() {
+        let mut s = scanner(vec![observed(2, 0, true), observed(40, 2, false)]);
+        s.scan(false, Duration::ZERO);
+        // Reported as exec'd, but nothing can be read of it any more.
+        s.collector.names.remove(&40);
+        s.collector.execs = vec![40];
+        let second = s.scan(false, Duration::ZERO);
+        assert!(second.updated.is_empty(), "{:?}", second.updated);
+        let key = InstanceKey {
+            pid: 40,
+            start_time: 1_040,
+        };
+        assert_eq!(s.tracker.get(&key).unwrap().name, "p40");
     }
 
     #[test]
