@@ -190,12 +190,13 @@ struct ScanOutput {
 }
 
 impl ScanOutput {
-    /// Records one scan, with `snapshot_records` after its `started`;
-    /// false when the socket side has gone (shutdown).
-    fn record(
+    /// Records one scan, with the records `snapshot_records` yields after
+    /// its `started` (it is called twice); false when the socket side has
+    /// gone (shutdown).
+    fn record<I: Iterator<Item = ProcessRecord>>(
         &mut self,
         mut scan: Scan,
-        snapshot_records: impl Iterator<Item = ProcessRecord>,
+        snapshot_records: impl Fn() -> I,
         chunk_records: usize,
     ) -> bool {
         let scan_seq = scan.scan_seq;
@@ -209,13 +210,22 @@ impl ScanOutput {
         scan.stats.self_cpu_seconds = cpu_seconds;
         scan.stats.self_rss_bytes = rss_bytes;
         scan.stats.missing_capabilities = crate::privilege::missing_now();
-        // Each chunk goes to the log as soon as it is made: a snapshot is
-        // never held whole a second time, as chunks, beside its records.
+        // The ledger first, so that a crash in between leaves a scan the
+        // ledger has and the agent never got (reported as missing), not one
+        // the agent holds and the ledger lacks. The chunks are made twice,
+        // one at a time each: a snapshot is never held whole beside the
+        // tracker's records.
         let mut digest = ScanDigest::new();
+        scan.clone()
+            .for_each_batch(chunk_records, snapshot_records(), |batch| {
+                digest.update(&batch);
+            });
+        if let Err(e) = self.ledger.append_summary(self.boot_id, digest.finish()) {
+            error!(scan_seq, error = %e, "cannot append the scan to the audit ledger");
+        }
         match self.wal.lock() {
             Ok(mut wal) => {
-                scan.for_each_batch(chunk_records, snapshot_records, |batch| {
-                    digest.update(&batch);
+                scan.for_each_batch(chunk_records, snapshot_records(), |batch| {
                     if let Err(e) = wal.append(&batch) {
                         // Counted in the log's stats (appends_refused).
                         error!(scan_seq, error = %e, "scan chunk not kept: the write-ahead log refused it");
@@ -232,13 +242,7 @@ impl ScanOutput {
                     scan_seq,
                     "the write-ahead log is unusable after a panic; scan not kept"
                 );
-                scan.for_each_batch(chunk_records, snapshot_records, |batch| {
-                    digest.update(&batch);
-                });
             }
-        }
-        if let Err(e) = self.ledger.append_summary(self.boot_id, digest.finish()) {
-            error!(scan_seq, error = %e, "cannot append the scan to the audit ledger");
         }
         match self.notify.try_send(()) {
             // Full: the socket side has a nudge waiting already.
@@ -284,9 +288,15 @@ fn scan_loop<C: Collector>(
             records = scan.records() + if snapshot { scanner.live() } else { 0 },
             "scan done"
         );
-        let records = snapshot.then(|| scanner.snapshot_records());
+        let deferred = snapshot;
         snapshot = false;
-        if !out.record(scan, records.into_iter().flatten(), chunk_records) {
+        let records = || {
+            deferred
+                .then(|| scanner.snapshot_records())
+                .into_iter()
+                .flatten()
+        };
+        if !out.record(scan, records, chunk_records) {
             return;
         }
         if !ready {
