@@ -294,6 +294,7 @@ impl<C: Collector> Scanner<C> {
             ..
         } = self;
         port_procs.clear();
+        let own_pid = std::process::id();
         let swap_in_use = enricher.swap_in_use();
         for o in observed.iter().filter(|o| !o.kernel_thread) {
             let key = InstanceKey::of(o);
@@ -304,7 +305,11 @@ impl<C: Collector> Scanner<C> {
                 } else if ports_due || sample.swap_bytes.is_none() {
                     sample.swap_bytes = enricher.swapped(o.pid);
                 }
-                port_procs.push((key.pid, key.start_time));
+                // procmond listens on nothing, and holds two descriptors
+                // per process: a full port walk would read each of them.
+                if key.pid != own_pid {
+                    port_procs.push((key.pid, key.start_time));
+                }
             }
         }
         enricher.end_fd_pass();

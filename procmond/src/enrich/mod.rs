@@ -6,7 +6,7 @@
 //! | container id ([`cgroup`]) | once per instance | one read of `/proc/PID/cgroup`, at most [`cgroup::MAX_CGROUP_BYTES`] |
 //! | open file descriptors ([`fds`]) | every scan, every process | one `fstat` of `/proc/PID/fd`, kept open while the descriptor budget allows, else one `stat` of it (Linux 6.2+); else one directory listing |
 //! | swapped-out memory ([`swap`]) | while the host has swap in use: every `--port-every`th scan and every snapshot, and once for each new instance; else 0 without reading | one read of `/proc/meminfo` per scan, then one of `/proc/PID/status` per process when due |
-//! | listening ports ([`ports`]) | every `--port-every`th scan (default 5) and every snapshot, within a time budget | the socket tables once per pass and network namespace; then one `readlink` per descriptor of new processes only, or of every process when a running one started listening and every 12th pass |
+//! | listening ports ([`ports`]) | every `--port-every`th scan (default 5) and every snapshot, within a time budget | the socket tables once per pass and network namespace; then one `readlink` per descriptor of new processes only, or of every process when a running one started listening and every 12th pass (procmond's own, which listens on nothing, never) |
 //!
 //! User names come from the cached passwd lookup in `users.rs`.
 //!
