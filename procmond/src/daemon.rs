@@ -27,7 +27,7 @@ use tracing::{debug, error, info, warn};
 use crate::client::{self, Control};
 use crate::collect::{AnyCollector, Collector};
 use crate::error::Error;
-use crate::ledger::{Ledger, LedgerConfig, ScanDigest};
+use crate::ledger::{Ledger, LedgerConfig};
 use crate::scan::Scan;
 use crate::scanner::{ScanConfig, Scanner};
 use crate::wal::{Wal, WalConfig};
@@ -190,13 +190,13 @@ struct ScanOutput {
 }
 
 impl ScanOutput {
-    /// Records one scan, with the records `snapshot_records` yields after
-    /// its `started` (it is called twice); false when the socket side has
-    /// gone (shutdown).
-    fn record<I: Iterator<Item = ProcessRecord>>(
+    /// Records one scan, with `snapshot` (a snapshot's records, see
+    /// [`Scanner::scan_deferred`]) after its `started`; false when the
+    /// socket side has gone (shutdown).
+    fn record(
         &mut self,
         mut scan: Scan,
-        snapshot_records: impl Fn() -> I,
+        snapshot: &[&ProcessRecord],
         chunk_records: usize,
     ) -> bool {
         let scan_seq = scan.scan_seq;
@@ -212,20 +212,17 @@ impl ScanOutput {
         scan.stats.missing_capabilities = crate::privilege::missing_now();
         // The ledger first, so that a crash in between leaves a scan the
         // ledger has and the agent never got (reported as missing), not one
-        // the agent holds and the ledger lacks. The chunks are made twice,
-        // one at a time each: a snapshot is never held whole beside the
-        // tracker's records.
-        let mut digest = ScanDigest::new();
-        scan.clone()
-            .for_each_batch(chunk_records, snapshot_records(), |batch| {
-                digest.update(&batch);
-            });
-        if let Err(e) = self.ledger.append_summary(self.boot_id, digest.finish()) {
+        // the agent holds and the ledger lacks. Then the chunks go to the
+        // log as they are made: a snapshot's records are cloned one chunk
+        // at a time, never held whole beside the tracker's.
+        let summary = scan.summary(snapshot.iter().copied());
+        if let Err(e) = self.ledger.append_summary(self.boot_id, summary) {
             error!(scan_seq, error = %e, "cannot append the scan to the audit ledger");
         }
         match self.wal.lock() {
             Ok(mut wal) => {
-                scan.for_each_batch(chunk_records, snapshot_records(), |batch| {
+                let more = snapshot.iter().map(|r| (*r).clone());
+                scan.for_each_batch(chunk_records, more, |batch| {
                     if let Err(e) = wal.append(&batch) {
                         // Counted in the log's stats (appends_refused).
                         error!(scan_seq, error = %e, "scan chunk not kept: the write-ahead log refused it");
@@ -288,15 +285,13 @@ fn scan_loop<C: Collector>(
             records = scan.records() + if snapshot { scanner.live() } else { 0 },
             "scan done"
         );
-        let deferred = snapshot;
-        snapshot = false;
-        let records = || {
-            deferred
-                .then(|| scanner.snapshot_records())
-                .into_iter()
-                .flatten()
+        let records = if snapshot {
+            scanner.snapshot_records()
+        } else {
+            Vec::new()
         };
-        if !out.record(scan, records, chunk_records) {
+        snapshot = false;
+        if !out.record(scan, &records, chunk_records) {
             return;
         }
         if !ready {

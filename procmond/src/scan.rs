@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 
 use prost::Message as _;
+use sentineld_proto::audit::{ScanDigest, ScanSummary};
 use sentineld_proto::v1::{InstanceRef, ProcessRecord, Sample, ScanBatch, ScanStats};
 
 /// Default largest number of records (started + exited + samples +
@@ -61,6 +62,30 @@ impl Scan {
         let mut done = Vec::with_capacity(self.records() / max_records.max(1) + 1);
         self.for_each_batch(max_records, std::iter::empty(), |b| done.push(b));
         done
+    }
+
+    /// The audit ledger's summary of the scan with `more_started` after
+    /// its `started`: what [`ScanDigest`] gives over its chunks, computed
+    /// from the records in place, without making the chunks.
+    pub fn summary<'a>(
+        &self,
+        more_started: impl Iterator<Item = &'a ProcessRecord>,
+    ) -> ScanSummary {
+        let mut d = ScanDigest::new();
+        self.started.iter().for_each(|r| d.started(r));
+        more_started.for_each(|r| d.started(r));
+        self.updated.iter().for_each(|r| d.updated(r));
+        self.samples.iter().for_each(|s| d.sample(s));
+        self.exited.iter().for_each(|e| d.exited(e));
+        d.finish_with(ScanBatch {
+            scan_seq: self.scan_seq,
+            time_ms: self.time_ms,
+            snapshot: self.snapshot,
+            duration_us: self.duration_us,
+            process_count: self.process_count,
+            stats: Some(self.stats.clone()),
+            ..ScanBatch::default()
+        })
     }
 
     /// [`into_batches`](Scan::into_batches), handing each chunk to `f` as
@@ -391,5 +416,26 @@ mod tests {
         snap.snapshot = true;
         older.merge(snap.clone());
         assert_eq!(older, snap);
+    }
+
+    #[test]
+    fn the_summary_in_place_is_the_summary_of_the_chunks() {
+        let more: Vec<ProcessRecord> = [7, 8, 9].map(record).to_vec();
+        let mut with_more = scan(4, &[1, 2], &[3], &[4, 5, 6], &[10]);
+        with_more.snapshot = true;
+        let in_place = with_more.summary(more.iter());
+        for chunk in [1, 2, 1000] {
+            let mut chunks = Vec::new();
+            with_more
+                .clone()
+                .for_each_batch(chunk, more.iter().cloned(), |b| chunks.push(b));
+            assert_eq!(
+                sentineld_proto::audit::scan_summary(&chunks),
+                in_place,
+                "{chunk} per chunk"
+            );
+        }
+        assert_eq!(in_place.started, 5);
+        assert_ne!(in_place, with_more.summary(std::iter::empty()));
     }
 }

@@ -153,19 +153,17 @@ impl<C: Collector> Scanner<C> {
     pub fn scan(&mut self, snapshot: bool, hash_wait: Duration) -> Scan {
         let mut scan = self.scan_deferred(snapshot, hash_wait);
         if snapshot {
-            scan.started = self.snapshot_records().collect();
+            scan.started = self.snapshot_records().into_iter().cloned().collect();
         }
         scan
     }
 
-    /// Every live instance's record, by pid, each cloned only when the
-    /// iterator reaches it: a snapshot's `started`, for a caller that
-    /// sends it chunk by chunk.
-    pub fn snapshot_records(&self) -> impl Iterator<Item = ProcessRecord> + '_ {
-        let mut keys: Vec<InstanceKey> = self.tracker.iter().map(|(k, _)| *k).collect();
-        keys.sort_unstable();
-        keys.into_iter()
-            .filter_map(|k| self.tracker.get(&k).cloned())
+    /// Every live instance's record, by pid: a snapshot's `started`, for a
+    /// caller that clones them one chunk at a time as it sends them.
+    pub fn snapshot_records(&self) -> Vec<&ProcessRecord> {
+        let mut records: Vec<(&InstanceKey, &ProcessRecord)> = self.tracker.iter().collect();
+        records.sort_unstable_by_key(|(k, _)| **k);
+        records.into_iter().map(|(_, r)| r).collect()
     }
 
     /// [`scan`](Self::scan), except that a snapshot's `started` is left
@@ -677,7 +675,7 @@ mod tests {
         let mut expected = whole.scan(true, Duration::ZERO);
         let mut scan = deferred.scan_deferred(true, Duration::ZERO);
         assert!(scan.snapshot && scan.started.is_empty());
-        scan.started = deferred.snapshot_records().collect();
+        scan.started = deferred.snapshot_records().into_iter().cloned().collect();
         assert_eq!(
             scan.started.iter().map(pid_of).collect::<Vec<_>>(),
             vec![2, 10, 30],

@@ -7,7 +7,7 @@
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::v1::ScanBatch;
+use crate::v1::{InstanceRef, ProcessRecord, Sample, ScanBatch};
 
 /// Domain-separation prefix of the scan digest, version 1.
 pub const SCAN_DIGEST_TAG: &[u8] = b"sentineld-scan-digest-v1";
@@ -70,22 +70,10 @@ impl ScanDigest {
 
     /// Hashes the records of the next chunk.
     pub fn update(&mut self, batch: &ScanBatch) {
-        for r in &batch.started {
-            self.item(TAG_STARTED, r);
-        }
-        for r in &batch.updated {
-            self.item(TAG_UPDATED, r);
-        }
-        for s in &batch.samples {
-            self.item(TAG_SAMPLE, s);
-        }
-        for e in &batch.exited {
-            self.item(TAG_EXITED, e);
-        }
-        self.started += batch.started.len() as u64;
-        self.updated += batch.updated.len() as u64;
-        self.samples += batch.samples.len() as u64;
-        self.exited += batch.exited.len() as u64;
+        batch.started.iter().for_each(|r| self.started(r));
+        batch.updated.iter().for_each(|r| self.updated(r));
+        batch.samples.iter().for_each(|s| self.sample(s));
+        batch.exited.iter().for_each(|e| self.exited(e));
         // Only the header fields are needed from the last chunk.
         self.last = Some(ScanBatch {
             scan_seq: batch.scan_seq,
@@ -96,6 +84,41 @@ impl ScanDigest {
             stats: batch.stats.clone(),
             ..ScanBatch::default()
         });
+    }
+
+    /// Hashes one started record. The records of a scan may be fed one at
+    /// a time instead of as chunks (all started, then updated, samples and
+    /// exits), then [`finish_with`](Self::finish_with): the digest does not
+    /// depend on how the scan is cut into chunks.
+    pub fn started(&mut self, r: &ProcessRecord) {
+        self.item(TAG_STARTED, r);
+        self.started += 1;
+    }
+
+    /// Hashes one updated record (see [`started`](Self::started)).
+    pub fn updated(&mut self, r: &ProcessRecord) {
+        self.item(TAG_UPDATED, r);
+        self.updated += 1;
+    }
+
+    /// Hashes one sample (see [`started`](Self::started)).
+    pub fn sample(&mut self, s: &Sample) {
+        self.item(TAG_SAMPLE, s);
+        self.samples += 1;
+    }
+
+    /// Hashes one exit (see [`started`](Self::started)).
+    pub fn exited(&mut self, e: &InstanceRef) {
+        self.item(TAG_EXITED, e);
+        self.exited += 1;
+    }
+
+    /// [`finish`](Self::finish) with the header fields (`scan_seq`,
+    /// `time_ms`, `snapshot`, `duration_us`, `process_count`, `stats`) of
+    /// `trailer`, for records fed one at a time.
+    pub fn finish_with(mut self, trailer: ScanBatch) -> ScanSummary {
+        self.last = Some(trailer);
+        self.finish()
     }
 
     fn item(&mut self, tag: u8, message: &impl Message) {
