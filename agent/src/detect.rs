@@ -50,6 +50,10 @@ const MAX_EXE_HASHES: usize = 100_000;
 /// delivery records.
 const TICK: Duration = Duration::from_millis(200);
 
+/// The live table is published once the batches queued for detection are
+/// evaluated, and at least this often while they keep coming.
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+
 /// Directories whose executables are "system binaries" for `hash_changed`.
 const SYSTEM_DIRS: &[&str] = &[
     "/bin/",
@@ -274,6 +278,9 @@ struct Detector {
     trigger: ReloadTrigger,
     /// Where the live process table is published for the HTTP endpoint.
     state: Arc<AgentState>,
+    /// A scan completed since the last publication: its duration and the
+    /// collector's figures.
+    unpublished: Option<(u64, crate::observe::CollectorSelf)>,
 }
 
 /// Starts the detection thread.
@@ -313,6 +320,7 @@ pub(crate) fn spawn(
         watcher: None,
         trigger: reload.clone(),
         state,
+        unpublished: None,
     };
     detector.watch_rules_dir();
     detector.record_rule_set();
@@ -326,7 +334,19 @@ impl Detector {
     fn run(&mut self, rx: &Receiver<Committed>, reload: &ReloadTrigger) {
         loop {
             match rx.recv_timeout(TICK) {
-                Ok(committed) => self.on_batch(committed),
+                Ok(committed) => {
+                    self.on_batch(committed);
+                    // What is queued behind it first: under load, a
+                    // publication per scan would be rows nobody reads.
+                    let until = Instant::now() + PUBLISH_EVERY;
+                    while Instant::now() < until {
+                        let Ok(committed) = rx.try_recv() else { break };
+                        self.on_batch(committed);
+                    }
+                    if let Some((duration_us, collector)) = self.unpublished.take() {
+                        self.publish(duration_us, collector);
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -503,7 +523,7 @@ impl Detector {
             self.evaluate(&sampled, Which::OnSamples);
         }
         if last_chunk {
-            self.publish(duration_us, collector.unwrap_or_default());
+            self.unpublished = Some((duration_us, collector.unwrap_or_default()));
         }
     }
 
