@@ -1,8 +1,13 @@
 //! The storage thread: the only place the agent writes its store.
 //!
 //! redb transactions are synchronous, so they run on their own thread;
-//! connections hand it batches through a bounded channel and wait for the
-//! commit before they acknowledge. One batch is one write transaction.
+//! connections hand it batches through a bounded channel and acknowledge
+//! each once it is committed. The batches queued when the thread takes
+//! one are stored with it in one write transaction (group commit, up to
+//! [`GROUP_RECORDS`] records): one `fdatasync` for all of them, and the
+//! pages they share are copied once. A collector with credit for several
+//! batches keeps several queued, so the disk's latency is paid once per
+//! group instead of once per batch.
 //!
 //! A batch that cannot be stored is not acknowledged: the connection that
 //! brought it closes, and the collector sends it again from its write-ahead
@@ -27,10 +32,23 @@ use crate::store::{BatchOutcome, Store, StoreError};
 /// collector through unacknowledged batches, not through agent memory.
 const QUEUE_DEPTH: usize = 16;
 
+/// Records one group commit takes at most (it may take one batch more than
+/// this). redb keeps a transaction's dirty pages in memory until it
+/// commits, so this bounds them.
+const GROUP_RECORDS: u64 = 16_384;
+
+/// What the storage thread answers for one batch. A failed transaction
+/// fails every batch of its group: the error is shared.
+pub(crate) type Stored = Result<BatchOutcome, Arc<StoreError>>;
+
 struct Job {
     boot_id: [u8; 16],
     batch: ScanBatch,
-    reply: oneshot::Sender<Result<BatchOutcome, StoreError>>,
+    reply: oneshot::Sender<Stored>,
+}
+
+fn job_records(batch: &ScanBatch) -> u64 {
+    (batch.started.len() + batch.updated.len() + batch.exited.len() + batch.samples.len()) as u64
 }
 
 /// Sends batches to the storage thread.
@@ -55,12 +73,14 @@ impl std::fmt::Debug for Job {
 pub(crate) struct IngestClosed;
 
 impl IngestHandle {
-    /// Stores one batch and waits for its commit.
-    pub(crate) async fn store(
+    /// Queues one batch for storing (waiting while the queue is full) and
+    /// returns where its outcome will arrive once it is committed or has
+    /// failed. Batches are stored in the order they are queued.
+    pub(crate) async fn submit(
         &self,
         boot_id: [u8; 16],
         batch: ScanBatch,
-    ) -> Result<Result<BatchOutcome, StoreError>, IngestClosed> {
+    ) -> Result<oneshot::Receiver<Stored>, IngestClosed> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job {
@@ -70,7 +90,7 @@ impl IngestHandle {
             })
             .await
             .map_err(|_| IngestClosed)?;
-        rx.await.map_err(|_| IngestClosed)
+        Ok(rx)
     }
 
     /// Shutting down: a write waiting for disk space fails instead, so the
@@ -104,14 +124,28 @@ pub(crate) fn spawn(
     let thread = std::thread::Builder::new().name("store-writer".into()).spawn(move || {
         // Batches that failed since the store last stored one.
         let mut failed: u64 = 0;
-        while let Some(job) = rx.blocking_recv() {
-            let result = store.apply_batch(job.boot_id, &job.batch);
-            match &result {
-                Ok(outcome) => {
-                    stats.records_stored.fetch_add(outcome.records, Ordering::Relaxed);
-                    stats.batches_stored.fetch_add(1, Ordering::Relaxed);
-                    if outcome.scan_id.is_some() {
-                        stats.scans_stored.fetch_add(1, Ordering::Relaxed);
+        let mut group: Vec<Job> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut records = job_records(&first.batch);
+            group.push(first);
+            while records < GROUP_RECORDS {
+                let Ok(job) = rx.try_recv() else { break };
+                records += job_records(&job.batch);
+                group.push(job);
+            }
+            let batches: Vec<([u8; 16], &ScanBatch)> =
+                group.iter().map(|job| (job.boot_id, &job.batch)).collect();
+            let result = store.apply_batches(&batches);
+            drop(batches);
+            match result {
+                Ok(outcomes) => {
+                    stats.batches_stored.fetch_add(group.len() as u64, Ordering::Relaxed);
+                    stats.store_commits.fetch_add(1, Ordering::Relaxed);
+                    for outcome in &outcomes {
+                        stats.records_stored.fetch_add(outcome.records, Ordering::Relaxed);
+                        if outcome.scan_id.is_some() {
+                            stats.scans_stored.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     if let Some(after) = stats.store_writable() {
                         tracing::info!(
@@ -122,33 +156,40 @@ pub(crate) fn spawn(
                         );
                     }
                     failed = 0;
+                    for (job, outcome) in group.drain(..).zip(outcomes) {
+                        // The connection may have gone; the batch is stored either way.
+                        let _ = job.reply.send(Ok(outcome));
+                        // Detection sees only what is committed, after the
+                        // ack is on its way: rules never delay storage.
+                        if let Some(detect) = &detect {
+                            let committed = Committed {
+                                boot_id: job.boot_id,
+                                batch: job.batch,
+                            };
+                            if !detect.send(committed) {
+                                tracing::error!("the detection thread has stopped; batches are stored but not evaluated");
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
-                    failed += 1;
+                    failed += group.len() as u64;
+                    let scan_seq = group[0].batch.scan_seq;
                     if stats.store_failed(|| e.to_string()) {
                         tracing::error!(
                             error = %e,
-                            scan_seq = job.batch.scan_seq,
+                            scan_seq,
+                            batches = group.len(),
                             "cannot store batch: {}",
-                            store_error_hint(e)
+                            store_error_hint(&e)
                         );
                     } else {
-                        tracing::debug!(error = %e, scan_seq = job.batch.scan_seq, failed, "cannot store batch");
+                        tracing::debug!(error = %e, scan_seq, failed, "cannot store batch");
                     }
-                }
-            }
-            let stored = result.is_ok();
-            // The connection may have gone; the batch is stored either way.
-            let _ = job.reply.send(result);
-            // Detection sees only what is committed, after the ack is on
-            // its way: rules never delay storage.
-            if stored && let Some(detect) = &detect {
-                let committed = Committed {
-                    boot_id: job.boot_id,
-                    batch: job.batch,
-                };
-                if !detect.send(committed) {
-                    tracing::error!("the detection thread has stopped; batches are stored but not evaluated");
+                    let e = Arc::new(e);
+                    for job in group.drain(..) {
+                        let _ = job.reply.send(Err(Arc::clone(&e)));
+                    }
                 }
             }
         }

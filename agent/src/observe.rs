@@ -136,6 +136,7 @@ impl StateSource for AgentState {
             agent: AgentCounters {
                 records_stored: s.records_stored.load(Relaxed),
                 batches_stored: s.batches_stored.load(Relaxed),
+                store_commits: s.store_commits.load(Relaxed),
                 scans_stored: s.scans_stored.load(Relaxed),
                 store_errors: s.store_errors.load(Relaxed),
                 store_fault: s.store_fault(),

@@ -7,8 +7,13 @@
 //! handshake in time, sends a bad frame or breaks the protocol is counted
 //! by reason, logged once with its credentials, and disconnected. Nothing a
 //! peer sends can make the agent panic or grow without bound: frame lengths
-//! are checked before allocation, each connection holds at most one frame,
-//! and the next frame is read only after the last batch is committed.
+//! are checked before allocation, and a connection stops reading while it
+//! has [`MAX_IN_FLIGHT`] batches (or [`MAX_IN_FLIGHT_BYTES`]) waiting for
+//! the storage thread.
+//!
+//! Batches are pipelined: the next frame is read while the last is being
+//! stored, so batches queued together are stored in one transaction (see
+//! `ingest`), and acknowledged in order as they are committed.
 //!
 //! A batch that cannot be stored is never acknowledged, and its connection
 //! is closed at once: acknowledgements are cumulative, so acknowledging a
@@ -19,6 +24,7 @@
 //! send beyond those acknowledged (`--max-pending-records`), and gives back
 //! each batch's records with its ack.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -28,18 +34,25 @@ use futures_util::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::prelude::*;
 use sentineld_proto::v1::{Ack, CreditGrant, Envelope, Handshake, Role, ScanBatch, envelope::Body};
 use sentineld_proto::{FrameCodec, FrameError, PROTOCOL_MAJOR, PROTOCOL_MINOR};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::ingest::IngestHandle;
+use crate::ingest::{IngestClosed, IngestHandle, Stored};
 use crate::stats::{AgentStats, RejectReason};
 
 /// Default credit: records the collector may have in flight beyond those
 /// acknowledged.
 pub const DEFAULT_PENDING_RECORDS: u64 = 1_000;
+
+/// Batches one connection may have with the storage thread, unacknowledged,
+/// and their encoded bytes at most (one batch is always let through). The
+/// collector's credit keeps it within these; they bound what a collector
+/// that ignores its credit can make the agent hold.
+const MAX_IN_FLIGHT: usize = 16;
+const MAX_IN_FLIGHT_BYTES: usize = 16 * 1024 * 1024;
 
 /// Rejections of one reason logged as warnings per [`LOG_WINDOW`]; the
 /// rest are logged at debug level (and all are counted), so a peer that
@@ -350,13 +363,35 @@ async fn connection(
     session.handshaken = true;
     ctx.stats.collector_connected.store(true, Ordering::Relaxed);
 
+    // Batches handed to the storage thread and not acknowledged yet, in
+    // sequence order, and their encoded size.
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut in_flight_bytes = 0_usize;
     loop {
+        let room = in_flight.is_empty()
+            || (in_flight.len() < MAX_IN_FLIGHT && in_flight_bytes < MAX_IN_FLIGHT_BYTES);
         let envelope = tokio::select! {
-            next = framed.next() => match next {
-                None => return Ok(()),
+            biased;
+            () = shutdown.cancelled() => {
+                // Stop reading; acknowledge what is being stored.
+                while !in_flight.is_empty() {
+                    let first = oldest_outcome(&mut in_flight).await;
+                    acknowledge(framed, &mut out, &mut in_flight, &mut in_flight_bytes, first).await?;
+                }
+                return Ok(());
+            }
+            first = oldest_outcome(&mut in_flight), if !in_flight.is_empty() => {
+                acknowledge(framed, &mut out, &mut in_flight, &mut in_flight_bytes, first).await?;
+                continue;
+            }
+            next = framed.next(), if room => match next {
+                None => {
+                    // The collector closed its end; what it sent is stored
+                    // either way.
+                    return Ok(());
+                }
                 Some(frame) => frame?,
             },
-            () = shutdown.cancelled() => return Ok(()),
         };
         check_version(&envelope)?;
         if envelope.sequence <= last_seq {
@@ -382,21 +417,19 @@ async fn connection(
         match envelope.body {
             Some(Body::ScanBatch(batch)) => {
                 let records = batch_records(&batch);
-                let stored = ctx
+                let bytes = prost::Message::encoded_len(&batch);
+                let reply = ctx
                     .ingest
-                    .store(boot_id, batch)
+                    .submit(boot_id, batch)
                     .await
                     .map_err(|e| Rejection::Store(e.to_string()))?;
-                stored.map_err(|e| Rejection::Store(e.to_string()))?;
-                out.send(
-                    framed,
-                    Body::Ack(Ack {
-                        sequence: envelope.sequence,
-                    }),
-                )
-                .await?;
-                out.send(framed, Body::Credit(CreditGrant { records }))
-                    .await?;
+                in_flight_bytes += bytes;
+                in_flight.push_back(InFlight {
+                    sequence: envelope.sequence,
+                    records,
+                    bytes,
+                    reply,
+                });
             }
             other => {
                 return Err(Rejection::Protocol(
@@ -406,6 +439,70 @@ async fn connection(
             }
         }
     }
+}
+
+/// A batch the storage thread has, waiting to be acknowledged.
+struct InFlight {
+    sequence: u64,
+    records: u64,
+    bytes: usize,
+    reply: oneshot::Receiver<Stored>,
+}
+
+/// The outcome of the oldest batch in flight, once it has one (the caller
+/// checks there is a batch).
+async fn oldest_outcome(in_flight: &mut VecDeque<InFlight>) -> Option<Stored> {
+    match in_flight.front_mut() {
+        Some(first) => (&mut first.reply).await.ok(),
+        None => None,
+    }
+}
+
+/// Acknowledges the oldest batch, whose outcome is `first` (`None`: the
+/// storage thread is gone), and every later one whose outcome is there
+/// already, with one ack (acks are cumulative) and one credit grant. A
+/// batch that was not stored ends the connection: what came before it is
+/// acknowledged, nothing after it.
+async fn acknowledge(
+    framed: &mut Conn,
+    out: &mut Outgoing,
+    in_flight: &mut VecDeque<InFlight>,
+    in_flight_bytes: &mut usize,
+    first: Option<Stored>,
+) -> Result<(), Rejection> {
+    let mut outcome = first;
+    let mut acked: Option<u64> = None;
+    let mut records = 0_u64;
+    let mut failure = None;
+    while let Some(oldest) = in_flight.pop_front() {
+        let stored = match outcome.take() {
+            Some(Ok(stored)) => stored,
+            Some(Err(e)) => {
+                failure = Some(Rejection::Store(e.to_string()));
+                break;
+            }
+            None => {
+                failure = Some(Rejection::Store(IngestClosed.to_string()));
+                break;
+            }
+        };
+        debug_assert_eq!(stored.records, oldest.records);
+        acked = Some(oldest.sequence);
+        records += oldest.records;
+        *in_flight_bytes -= oldest.bytes;
+        match in_flight.front_mut().map(|next| next.reply.try_recv()) {
+            Some(Ok(next)) => outcome = Some(next),
+            Some(Err(oneshot::error::TryRecvError::Closed)) => outcome = None,
+            Some(Err(oneshot::error::TryRecvError::Empty)) | None => break,
+        }
+    }
+    // What was stored before a failure is acknowledged all the same.
+    if let Some(sequence) = acked {
+        out.send(framed, Body::Ack(Ack { sequence })).await?;
+        out.send(framed, Body::Credit(CreditGrant { records }))
+            .await?;
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 fn batch_records(batch: &ScanBatch) -> u64 {

@@ -94,6 +94,9 @@ pub struct AgentStats {
     rejected: [AtomicU64; RejectReason::ALL.len()],
     pub records_stored: AtomicU64,
     pub batches_stored: AtomicU64,
+    /// Write transactions that stored batches (a group commit stores
+    /// several batches in one).
+    pub store_commits: AtomicU64,
     pub scans_stored: AtomicU64,
     /// Batches that could not be stored, and store writes that found the
     /// disk full (each counted once, however long it waited).

@@ -475,3 +475,107 @@ fn procmond_refuses_an_agent_running_as_another_uid() {
     );
     drop(agent);
 }
+
+/// `name`'s value in the agent's metrics, 0 while it cannot be read.
+fn metric(metrics: SocketAddr, name: &str) -> u64 {
+    get(metrics, "/metrics")
+        .and_then(|body| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .map_or(0, |v| v as u64)
+}
+
+#[test]
+fn batches_sent_back_to_back_are_acknowledged_in_order_and_credited_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let agent = start_agent(dir.path(), &socket, &["--collector", "external"]);
+    let mut s = eventually(PATIENCE, || UnixStream::connect(&socket).ok()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // More batches than a connection may have in flight, all at once, so
+    // the agent reads while it stores and groups what is queued.
+    const BATCHES: u64 = 40;
+    const RECORDS: u32 = 25;
+    let mut bytes = frame(1, 1, collector_hello(1));
+    for n in 0..BATCHES {
+        let started = (0..RECORDS)
+            .map(|i| sentineld_proto::v1::ProcessRecord {
+                instance: Some(sentineld_proto::v1::InstanceRef {
+                    pid: 100_000 + u32::try_from(n).unwrap() * RECORDS + i,
+                    start_time: 1_700_000_000,
+                }),
+                name: format!("b{n}"),
+                ..Default::default()
+            })
+            .collect();
+        let batch = ScanBatch {
+            scan_seq: n + 1,
+            last_chunk: true,
+            time_ms: 1_790_000_000_000 + i64::try_from(n).unwrap(),
+            started,
+            ..ScanBatch::default()
+        };
+        bytes.extend(frame(1, n + 2, Body::ScanBatch(batch)));
+    }
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        std::thread::spawn(move || w.write_all(&bytes))
+    };
+    let (mut acks, mut credit) = (Vec::new(), 0_u64);
+    let mut buf = bytes::BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    // The connection's credit, then each batch's records given back.
+    let expected = 1_000 + BATCHES * u64::from(RECORDS);
+    let done =
+        |acks: &Vec<u64>, credit: u64| acks.last() == Some(&(BATCHES + 1)) && credit >= expected;
+    while !done(&acks, credit) {
+        while let Some(env) =
+            sentineld_proto::codec::decode(&mut buf, sentineld_proto::MAX_FRAME_LEN).unwrap()
+        {
+            match env.body {
+                Some(Body::Ack(ack)) => acks.push(ack.sequence),
+                Some(Body::Credit(grant)) => credit += grant.records,
+                _ => {}
+            }
+        }
+        if done(&acks, credit) {
+            break;
+        }
+        let n = s
+            .read(&mut chunk)
+            .unwrap_or_else(|e| panic!("{e}: acks {acks:?}, credit {credit}"));
+        assert!(n > 0, "the agent closed the connection after acks {acks:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    writer.join().unwrap().unwrap();
+    // Acks are cumulative: in order, each naming a later batch.
+    assert!(acks.windows(2).all(|w| w[0] < w[1]), "{acks:?}");
+    // Nothing granted twice.
+    assert_eq!(credit, expected);
+    let stored = eventually(PATIENCE, || {
+        let n = metric(agent.metrics, "sentineld_batches_stored_total");
+        (n >= BATCHES).then_some(n)
+    });
+    assert_eq!(stored, Some(BATCHES));
+    let commits = metric(agent.metrics, "sentineld_store_commits_total");
+    assert!((1..=BATCHES).contains(&commits), "{commits} commits");
+    let out = common::cli(
+        &agent.state,
+        &[
+            "query",
+            "--all",
+            "--format",
+            "json",
+            "SELECT name FROM processes",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(names.len(), (BATCHES * u64::from(RECORDS)) as usize);
+}

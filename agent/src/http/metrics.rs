@@ -253,6 +253,12 @@ impl Collector for SnapshotCollector {
         )?;
         counter(
             enc,
+            "sentineld_store_commits",
+            "Write transactions that stored batches (one stores every batch queued when it starts).",
+            agent.store_commits,
+        )?;
+        counter(
+            enc,
             "sentineld_scans_stored",
             "Scans written to the store.",
             agent.scans_stored,

@@ -81,6 +81,7 @@ pub struct AgentCounters {
     pub records_stored: u64,
     /// Batches (one redb transaction each) written to the store.
     pub batches_stored: u64,
+    pub store_commits: u64,
     /// Scans written to the store.
     pub scans_stored: u64,
     /// Store writes that failed.

@@ -97,6 +97,7 @@ fn full_snapshot() -> Snapshot {
         agent: AgentCounters {
             records_stored: 1234,
             batches_stored: 12,
+            store_commits: 5,
             scans_stored: 10,
             store_errors: 1,
             store_fault: None,
@@ -351,6 +352,7 @@ async fn metrics_in_openmetrics_have_every_family() {
     assert_eq!(value(&s, "sentineld_processes", &[]), 6.0);
     assert_eq!(value(&s, "sentineld_records_stored_total", &[]), 1234.0);
     assert_eq!(value(&s, "sentineld_batches_stored_total", &[]), 12.0);
+    assert_eq!(value(&s, "sentineld_store_commits_total", &[]), 5.0);
     assert_eq!(value(&s, "sentineld_store_errors_total", &[]), 1.0);
     assert_eq!(value(&s, "sentineld_store_writable", &[]), 1.0);
     assert_eq!(value(&s, "sentineld_retention_passes_total", &[]), 3.0);

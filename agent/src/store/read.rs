@@ -15,8 +15,8 @@ use sentineld_proto::view::ProcessView;
 
 use crate::store::alerts::{ALERT_DELIVERIES, ALERT_IDS, ALERTS};
 use crate::store::schema::{
-    self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, META, PidKey, RECENT, SAMPLES,
-    SCANS, SampleKey, ScanRecord, ShowKey,
+    self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, META, PidKey, RECENT, SAMPLE_BLOCKS,
+    SAMPLES, SCANS, SampleBlock, ScanRecord, ShowKey,
 };
 use crate::store::{RedbResultExt, StoreError};
 
@@ -253,58 +253,83 @@ impl StoreReader {
         let path = self.path.as_path();
         let txn = self.begin()?;
         let by_pid = self.table(&txn, BY_PID)?;
-        let samples = self.table(&txn, SAMPLES)?;
         let keep = limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
         if keep == 0 {
             return Ok(out);
         }
-        let point = |table: &str, (boot, start, pid, time_ms): SampleKey, bytes: &[u8]| {
-            let sample = schema::decode(
-                path,
-                bytes,
-                table,
-                format_args!("{} time {time_ms}", ShowKey((boot, start, pid))),
-            )?;
-            Ok::<_, StoreError>(HistoryPoint {
-                boot_id: schema::boot_bytes(boot),
-                pid,
-                start_time: start,
-                time_ms,
-                sample,
-            })
+        let point = |(boot, start, pid): InstanceKey, time_ms: i64, sample: Sample| HistoryPoint {
+            boot_id: schema::boot_bytes(boot),
+            pid,
+            start_time: start,
+            time_ms,
+            sample,
         };
         let range = (pid, u128::MIN, i64::MIN)..=(pid, u128::MAX, i64::MAX);
         let mut instances = Vec::new();
         for entry in by_pid.range(range).in_store(path)? {
             let (key, _) = entry.in_store(path)?;
             let (pid, boot, start) = key.value();
-            instances.push((boot, start));
-            let range = (boot, start, pid, i64::MIN)..=(boot, start, pid, i64::MAX);
-            // Newest first, so a limit reads at most `keep` rows per instance.
-            for row in samples.range(range).in_store(path)?.rev().take(keep) {
-                let (key, value) = row.in_store(path)?;
-                out.push(point("samples", key.value(), value.value())?);
-            }
+            instances.push((boot, start, pid));
         }
         // The samples still staged (a bounded table, read whole). A batch
-        // stored again after its samples moved has them in both: once.
+        // stored again after its samples moved has them in both: they are
+        // read once (below).
+        let mut staged = 0;
         if let Some(recent) = self.optional_table(&txn, RECENT)? {
-            let mut staged = Vec::new();
             for row in recent.iter().in_store(path)? {
                 let (key, value) = row.in_store(path)?;
-                let key = schema::recent_to_sample(key.value());
-                let (boot, start, of, _) = key;
-                if of == pid
-                    && instances.contains(&(boot, start))
-                    && samples.get(key).in_store(path)?.is_none()
-                {
-                    staged.push(point("recent_samples", key, value.value())?);
+                let (time_ms, boot, start, of) = key.value();
+                if of == pid && instances.contains(&(boot, start, of)) {
+                    let instance = (boot, start, of);
+                    let sample = schema::decode(
+                        path,
+                        value.value(),
+                        "recent_samples",
+                        format_args!("{} time {time_ms}", ShowKey(instance)),
+                    )?;
+                    out.push(point(instance, time_ms, sample));
+                    staged += 1;
                 }
             }
-            out.append(&mut staged);
         }
-        out.sort_by_key(|p| (p.time_ms, p.start_time));
+        // Newest first, so a limit reads at most `keep` (and as many as
+        // may be read twice) per instance.
+        let want = keep.saturating_add(staged);
+        let blocks = self.optional_table(&txn, SAMPLE_BLOCKS)?;
+        let legacy = self.table(&txn, SAMPLES)?;
+        for &instance in &instances {
+            let (boot, start, pid) = instance;
+            let range = (boot, start, pid, i64::MIN)..=(boot, start, pid, i64::MAX);
+            let mut read = 0;
+            if let Some(blocks) = &blocks {
+                'blocks: for row in blocks.range(range.clone()).in_store(path)?.rev() {
+                    let (key, value) = row.in_store(path)?;
+                    let block = SampleBlock::decode_at(path, value.value(), key.value())?;
+                    for (time_ms, sample) in block.times_ms.into_iter().zip(block.samples).rev() {
+                        if read == want {
+                            break 'blocks;
+                        }
+                        out.push(point(instance, time_ms, sample));
+                        read += 1;
+                    }
+                }
+            }
+            // Schema 1's history, older than any block.
+            for row in legacy.range(range).in_store(path)?.rev().take(want - read) {
+                let (key, value) = row.in_store(path)?;
+                let (_, _, _, time_ms) = key.value();
+                let sample = schema::decode(
+                    path,
+                    value.value(),
+                    "samples",
+                    format_args!("{} time {time_ms}", ShowKey(instance)),
+                )?;
+                out.push(point(instance, time_ms, sample));
+            }
+        }
+        out.sort_by_key(|p| (p.time_ms, p.start_time, p.boot_id));
+        out.dedup_by_key(|p| (p.time_ms, p.start_time, p.boot_id));
         if out.len() > keep {
             out.drain(..out.len() - keep);
         }

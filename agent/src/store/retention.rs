@@ -22,10 +22,64 @@ use std::sync::Arc;
 use redb::{Database, ReadableTable};
 
 use crate::store::schema::{
-    self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, RECENT, SAMPLES, SCAN_KEYS, SCANS,
-    ScanRecord,
+    self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, RECENT, SAMPLE_BLOCKS, SAMPLES,
+    SCAN_KEYS, SCANS, SampleBlock, SampleKey, ScanRecord,
 };
 use crate::store::{RedbResultExt, StoreError};
+
+/// Removes from `instance`'s sample blocks every sample taken before
+/// `cutoff_ms` (all of them when `whole`), handling at most `room` blocks:
+/// a block older than the cutoff goes, one that straddles it is written
+/// again with its newer samples only. Returns the samples removed, the
+/// blocks handled, and whether blocks to handle are left.
+fn prune_blocks(
+    blocks: &mut redb::Table<'_, SampleKey, &'static [u8]>,
+    path: &Path,
+    (boot, start, pid): InstanceKey,
+    whole: bool,
+    cutoff_ms: i64,
+    room: usize,
+) -> Result<(u64, usize, bool), StoreError> {
+    let lower = Bound::Included((boot, start, pid, i64::MIN));
+    let upper = if whole {
+        Bound::Included((boot, start, pid, i64::MAX))
+    } else {
+        // Blocks that start before the cutoff.
+        Bound::Excluded((boot, start, pid, cutoff_ms))
+    };
+    let mut found: Vec<SampleKey> = blocks
+        .range::<SampleKey>((lower, upper))
+        .in_store(path)?
+        .take(room.saturating_add(1))
+        .map(|entry| entry.map(|(k, _)| k.value()))
+        .collect::<Result<_, _>>()
+        .in_store(path)?;
+    let more = found.len() > room;
+    found.truncate(room);
+    let mut removed = 0_u64;
+    for &key in &found {
+        let Some(value) = blocks.remove(key).in_store(path)? else {
+            continue;
+        };
+        let mut block = SampleBlock::decode_at(path, value.value(), key)?;
+        drop(value);
+        let old = if whole {
+            block.times_ms.len()
+        } else {
+            block.times_ms.partition_point(|&t| t < cutoff_ms)
+        };
+        removed += old as u64;
+        if old < block.times_ms.len() {
+            block.times_ms.drain(..old);
+            block.samples.drain(..old);
+            let at = (boot, start, pid, block.times_ms[0]);
+            blocks
+                .insert(at, prost::Message::encode_to_vec(&block).as_slice())
+                .in_store(path)?;
+        }
+    }
+    Ok((removed, found.len(), more))
+}
 
 /// Entries one retention transaction removes or inspects at most.
 pub const DEFAULT_BATCH: usize = 1_000;
@@ -125,6 +179,7 @@ impl Pruner {
             let mut latest = txn.open_table(LATEST).in_store(path)?;
             let mut exits = txn.open_table(EXITS).in_store(path)?;
             let mut samples = txn.open_table(SAMPLES).in_store(path)?;
+            let mut blocks = txn.open_table(SAMPLE_BLOCKS).in_store(path)?;
 
             let keys = instances
                 .range::<InstanceKey>((cursor, Bound::Unbounded))
@@ -147,7 +202,7 @@ impl Pruner {
                 let room = self.batch.saturating_sub(work);
                 let mut removed = 0;
                 for entry in samples
-                    .extract_from_if::<schema::SampleKey, _>(
+                    .extract_from_if::<SampleKey, _>(
                         (Bound::Included((boot, start, pid, i64::MIN)), upper),
                         |_, _| true,
                     )
@@ -161,6 +216,15 @@ impl Pruner {
                 work += removed;
                 if removed == room {
                     // Samples may be left: this instance again, next time.
+                    next = Some(Bound::Included(key));
+                    break;
+                }
+                let room = self.batch.saturating_sub(work);
+                let (removed, blocks_done, more) =
+                    prune_blocks(&mut blocks, path, key, whole, cutoff_ms, room)?;
+                pruned.samples += removed;
+                work += blocks_done;
+                if more {
                     next = Some(Bound::Included(key));
                     break;
                 }

@@ -1,4 +1,4 @@
-//! The store's tables, keys and value encodings, schema version 1.
+//! The store's tables, keys and value encodings, schema version 2.
 //!
 //! `docs/store-format.md` documents every table byte by byte. Keys are
 //! fixed-width redb tuples of little-endian integers; values are prost
@@ -9,12 +9,15 @@ use std::path::Path;
 
 use prost::Message;
 use redb::{ReadableTable, TableDefinition};
-use sentineld_proto::v1::{InstanceRef, ProcessRecord, ScanStats};
+use sentineld_proto::v1::{InstanceRef, ProcessRecord, Sample, ScanStats};
 
 use crate::store::{RedbResultExt, StoreError};
 
-/// The schema this build writes and the newest one it reads.
-pub(crate) const SCHEMA_VERSION: u64 = 1;
+/// The schema this build writes and the newest one it reads. Version 2
+/// moved staged samples into `sample_blocks`; a version 1 store is read
+/// as it is (its `samples` stay readable until retention removes them)
+/// and marked version 2 when the agent opens it.
+pub(crate) const SCHEMA_VERSION: u64 = 2;
 
 /// `meta["magic"]`: names the product, so a foreign redb file is refused.
 pub(crate) const MAGIC: &[u8] = b"sentineld-store";
@@ -42,7 +45,14 @@ pub(crate) const BY_PID: TableDefinition<PidKey, ()> = TableDefinition::new("by_
 pub(crate) const LIVE: TableDefinition<InstanceKey, ()> = TableDefinition::new("live");
 pub(crate) const LATEST: TableDefinition<InstanceKey, &[u8]> = TableDefinition::new("latest");
 pub(crate) const EXITS: TableDefinition<InstanceKey, i64> = TableDefinition::new("exits");
+/// Schema 1's sample history, one entry per sample. Not written any more;
+/// read and pruned until retention has emptied it.
 pub(crate) const SAMPLES: TableDefinition<SampleKey, &[u8]> = TableDefinition::new("samples");
+/// The sample history: each entry a [`SampleBlock`] of one instance's
+/// samples, keyed by the time of its oldest. An instance's blocks do not
+/// overlap in time.
+pub(crate) const SAMPLE_BLOCKS: TableDefinition<SampleKey, &[u8]> =
+    TableDefinition::new("sample_blocks");
 /// Samples as they arrive, keyed by time first so a batch's samples land
 /// together at the end of the table; moved into `samples` in bulk by
 /// `Store::compact_samples` (see `docs/store-format.md`).
@@ -109,6 +119,106 @@ pub(crate) struct ScanRecord {
     /// `chunks` when some never arrived.
     #[prost(uint32, tag = "16")]
     pub chunks_sent: u32,
+}
+
+/// The times of a `sample_blocks` value, read without decoding its
+/// samples (they are stepped over): what appending to a block needs.
+#[derive(Debug, Default)]
+pub(crate) struct BlockTimes {
+    pub(crate) times_ms: Vec<i64>,
+}
+
+impl Message for BlockTimes {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        prost::encoding::int64::encode_packed(1, &self.times_ms, buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        if tag == 1 {
+            prost::encoding::int64::merge_repeated(wire_type, &mut self.times_ms, buf, ctx)
+        } else {
+            prost::encoding::skip_field(wire_type, tag, buf, ctx)
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        prost::encoding::int64::encoded_len_packed(1, &self.times_ms)
+    }
+
+    fn clear(&mut self) {
+        self.times_ms.clear();
+    }
+}
+
+/// Appends to `out` the encoding of a [`SampleBlock`] holding `times_ms`
+/// and `samples` (each an encoded `Sample`, copied as they are). A block's
+/// value followed by such an encoding is the block with these samples
+/// added: protobuf merges repeated fields that occur more than once.
+pub(crate) fn encode_block_part<'a>(
+    times_ms: &[i64],
+    samples: impl Iterator<Item = &'a [u8]>,
+    out: &mut Vec<u8>,
+) {
+    prost::encoding::int64::encode_packed(1, times_ms, out);
+    for sample in samples {
+        prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, out);
+        prost::encoding::encode_varint(sample.len() as u64, out);
+        out.extend_from_slice(sample);
+    }
+}
+
+/// Samples one [`SampleBlock`] holds at most (about 4 KiB, a page).
+pub(crate) const BLOCK_SAMPLES: usize = 64;
+
+/// One value of `sample_blocks`: an instance's samples, oldest first.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct SampleBlock {
+    /// When each sample was taken, unix milliseconds, ascending; one per
+    /// sample.
+    #[prost(int64, repeated, tag = "1")]
+    pub times_ms: Vec<i64>,
+    #[prost(message, repeated, tag = "2")]
+    pub samples: Vec<Sample>,
+}
+
+impl SampleBlock {
+    /// Decodes a `sample_blocks` value, checking that it pairs every
+    /// sample with a time, in ascending order.
+    pub(crate) fn decode_at(
+        path: &Path,
+        bytes: &[u8],
+        key: SampleKey,
+    ) -> Result<SampleBlock, StoreError> {
+        let (boot, start, pid, first) = key;
+        let at = || {
+            format!(
+                "table sample_blocks, key {} time {first}",
+                ShowKey((boot, start, pid))
+            )
+        };
+        let block: SampleBlock = decode(path, bytes, "sample_blocks", format_args!("{}", at()))?;
+        if block.times_ms.len() != block.samples.len()
+            || block.times_ms.first() != Some(&first)
+            || !block.times_ms.is_sorted_by(|a, b| a < b)
+        {
+            return Err(StoreError::corrupt(
+                path,
+                format!(
+                    "{}: {} times for {} samples, not ascending from the key's time",
+                    at(),
+                    block.times_ms.len(),
+                    block.samples.len()
+                ),
+            ));
+        }
+        Ok(block)
+    }
 }
 
 pub(crate) fn boot_key(boot_id: [u8; 16]) -> u128 {
@@ -232,7 +342,7 @@ pub(crate) fn decode_record(
 }
 
 /// Checks that `meta` says this is a SentinelD store this build can read.
-pub(crate) fn check_meta<T>(path: &Path, meta: &T) -> Result<(), StoreError>
+pub(crate) fn check_meta<T>(path: &Path, meta: &T) -> Result<u64, StoreError>
 where
     T: ReadableTable<&'static str, &'static [u8]>,
 {
@@ -281,5 +391,5 @@ where
             "table meta, key schema_version: 0 is not a schema version",
         ));
     }
-    Ok(())
+    Ok(found)
 }

@@ -2,12 +2,16 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use redb::{
+    ConcurrencyMode, Database, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
 use sentineld_proto::v1::{ExeInfo, HashStatus, InstanceRef, ProcessRecord, Sample, ScanBatch};
 use tempfile::TempDir;
 
 use crate::store::schema::{
-    self, BY_PID, EXITS, INSTANCES, LATEST, LIVE, META, RECENT, SAMPLES, SCAN_KEYS, SCANS,
+    self, BY_PID, EXITS, INSTANCES, LATEST, LIVE, META, RECENT, SAMPLE_BLOCKS, SAMPLES, SCAN_KEYS,
+    SCANS, SampleBlock,
 };
 use crate::store::{BatchOutcome, ParentRef, Scope, Store, StoreError, StoreReader};
 
@@ -131,7 +135,25 @@ fn row_counts(path: &Path) -> Vec<(&'static str, u64)> {
         ("live", len(&txn, LIVE)),
         ("latest", len(&txn, LATEST)),
         ("exits", len(&txn, EXITS)),
-        ("samples", len(&txn, SAMPLES)),
+        // Samples moved out of staging: schema 1's, one an entry, and
+        // those in blocks.
+        (
+            "samples",
+            len(&txn, SAMPLES)
+                + txn
+                    .open_table(SAMPLE_BLOCKS)
+                    .unwrap()
+                    .iter()
+                    .unwrap()
+                    .map(|e| {
+                        let (k, v) = e.unwrap();
+                        SampleBlock::decode_at(Path::new("test"), v.value(), k.value())
+                            .unwrap()
+                            .samples
+                            .len() as u64
+                    })
+                    .sum::<u64>(),
+        ),
         ("recent_samples", len(&txn, RECENT)),
         ("scans", len(&txn, SCANS)),
         ("scan_keys", len(&txn, SCAN_KEYS)),
@@ -447,7 +469,7 @@ fn a_newer_schema_is_refused() {
         let txn = db.begin_write().unwrap();
         txn.open_table(META)
             .unwrap()
-            .insert("schema_version", 2u64.to_le_bytes().as_slice())
+            .insert("schema_version", 3u64.to_le_bytes().as_slice())
             .unwrap();
         txn.commit().unwrap();
     }
@@ -459,8 +481,8 @@ fn a_newer_schema_is_refused() {
             matches!(
                 err,
                 StoreError::SchemaVersion {
-                    found: 2,
-                    expected: 1,
+                    found: 3,
+                    expected: 2,
                     ..
                 }
             ),
@@ -1010,4 +1032,217 @@ fn a_move_in_several_transactions_moves_every_staged_sample_once() {
     assert!(counts.contains(&("recent_samples", 0)), "{counts:?}");
     assert_eq!(reader.history(1500, None).unwrap(), before);
     assert_eq!(store.compact_samples().unwrap(), 0);
+}
+
+/// The (first time, sample count) of every block of `pid`'s instance.
+fn blocks_of(path: &Path, pid: u32) -> Vec<(i64, usize)> {
+    let db = reader_db(path);
+    let txn = db.begin_read().unwrap();
+    let blocks = txn.open_table(SAMPLE_BLOCKS).unwrap();
+    let (boot, start, pid) = instance_key(BOOT, pid);
+    blocks
+        .range((boot, start, pid, i64::MIN)..=(boot, start, pid, i64::MAX))
+        .unwrap()
+        .map(|e| {
+            let (k, v) = e.unwrap();
+            let block = SampleBlock::decode_at(path, v.value(), k.value()).unwrap();
+            (k.value().3, block.samples.len())
+        })
+        .collect()
+}
+
+#[test]
+fn several_batches_in_one_transaction_store_what_one_at_a_time_stores() {
+    let dir = TempDir::new().unwrap();
+    // A snapshot in three chunks (pid 12 missing from it: marked exited
+    // at its end), then the three scans.
+    let mut batches = vec![
+        ScanBatch {
+            started: vec![record(12)],
+            ..scan(1, T0 - 5000)
+        },
+        ScanBatch {
+            snapshot: true,
+            chunk: 0,
+            last_chunk: false,
+            started: vec![record(10)],
+            ..scan(2, T0 - 1000)
+        },
+        ScanBatch {
+            snapshot: true,
+            chunk: 1,
+            last_chunk: false,
+            started: vec![record(11)],
+            ..scan(2, T0 - 1000)
+        },
+        ScanBatch {
+            snapshot: true,
+            chunk: 2,
+            started: vec![record(13)],
+            ..scan(2, T0 - 1000)
+        },
+    ];
+    batches.extend(three_scans());
+    let one = dir.path().join("one.redb");
+    let mut store = Store::open(&one).unwrap();
+    let singly: Vec<BatchOutcome> = batches
+        .iter()
+        .map(|b| store.apply_batch(BOOT, b).unwrap())
+        .collect();
+    let all = dir.path().join("all.redb");
+    let mut grouped = Store::open(&all).unwrap();
+    // Split so that the snapshot's chunks straddle two transactions.
+    let refs: Vec<([u8; 16], &ScanBatch)> = batches.iter().map(|b| (BOOT, b)).collect();
+    let mut together = grouped.apply_batches(&refs[..2]).unwrap();
+    together.extend(grouped.apply_batches(&refs[2..]).unwrap());
+    assert_eq!(together, singly);
+    assert_eq!(row_counts(&all), row_counts(&one));
+    let (a, b) = (
+        StoreReader::open(&one).unwrap(),
+        StoreReader::open(&all).unwrap(),
+    );
+    assert_eq!(a.scans(None).unwrap(), b.scans(None).unwrap());
+    assert_eq!(live_pids(&a), live_pids(&b));
+    // The snapshot, reconciled across the two transactions, marked pid
+    // 12 exited (the next snapshot lists it again).
+    let scans = b.scans(None).unwrap();
+    let snapshot = scans.iter().find(|s| s.time_ms == T0 - 1000).unwrap();
+    assert_eq!(
+        (snapshot.started, snapshot.exited, snapshot.chunks),
+        (3, 1, 3)
+    );
+    for pid in 10..=13 {
+        assert_eq!(a.history(pid, None).unwrap(), b.history(pid, None).unwrap());
+    }
+}
+
+#[test]
+fn samples_fill_blocks_and_a_late_sample_joins_the_block_that_covers_it() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let mut store = Store::open(&path).unwrap();
+    store.compact_at = u64::MAX;
+    let at = |k: i64| T0 + 1000 * k;
+    let scans: Vec<ScanBatch> = (1..=600)
+        .map(|k| ScanBatch {
+            samples: vec![sample(11, k as f32)],
+            ..scan(k as u64 + 1, at(k))
+        })
+        .collect();
+    let mut batches = vec![snapshot(1, T0, &[11])];
+    batches.extend(scans);
+    let refs: Vec<([u8; 16], &ScanBatch)> = batches.iter().map(|b| (BOOT, b)).collect();
+    store.apply_batches(&refs).unwrap();
+    let staged = store.compact_samples().unwrap();
+    assert_eq!(staged, 601);
+    assert_eq!(schema::BLOCK_SAMPLES, 64, "the blocks below assume it");
+    // 601 samples: nine full blocks and one of 25.
+    let mut expected_blocks: Vec<(i64, usize)> = (0..9).map(|b| (at(64 * b), 64)).collect();
+    expected_blocks.push((at(576), 25));
+    assert_eq!(blocks_of(&path, 11), expected_blocks);
+    let reader = StoreReader::open(&path).unwrap();
+    let expected: Vec<i64> = (0..=600).map(at).collect();
+    assert_eq!(sample_times(&reader, 11), expected);
+
+    // Newer samples make a new block; a replayed one replaces the sample
+    // of its time; a late one is inserted into the block that covers it.
+    let more = ScanBatch {
+        samples: vec![sample(11, 1.0)],
+        ..scan(700, at(601))
+    };
+    let replayed = ScanBatch {
+        samples: vec![sample(11, 99.0)],
+        ..scan(101, at(100))
+    };
+    let late = ScanBatch {
+        samples: vec![sample(11, 7.5)],
+        ..scan(800, at(300) + 500)
+    };
+    store
+        .apply_batches(&[(BOOT, &more), (BOOT, &replayed), (BOOT, &late)])
+        .unwrap();
+    // Read while staged and stored: each time once.
+    let history = reader.history(11, None).unwrap();
+    assert_eq!(history.len(), 603);
+    assert_eq!(store.compact_samples().unwrap(), 3);
+    expected_blocks[4].1 += 1;
+    expected_blocks.push((at(601), 1));
+    assert_eq!(blocks_of(&path, 11), expected_blocks);
+    assert_eq!(reader.history(11, None).unwrap(), history);
+    let newest = reader.history(11, Some(3)).unwrap();
+    let times: Vec<i64> = newest.iter().map(|p| p.time_ms).collect();
+    assert_eq!(times, [at(599), at(600), at(601)]);
+    let point = |t: i64| history.iter().find(|p| p.time_ms == t).unwrap();
+    assert_eq!(point(at(100)).sample.cpu_percent, 99.0);
+    assert_eq!(point(at(300) + 500).sample.cpu_percent, 7.5);
+
+    // Retention with its cutoff inside a block: the blocks before it go,
+    // it is written again from its first sample kept.
+    let cutoff = at(400);
+    let pruned = store
+        .pruner()
+        .with_batch(2)
+        .prune(cutoff, || false)
+        .unwrap();
+    assert_eq!(pruned.samples, 401, "{pruned:?}");
+    assert_eq!(
+        blocks_of(&path, 11),
+        [
+            (at(400), 448 - 400),
+            (at(448), 64),
+            (at(512), 64),
+            (at(576), 25),
+            (at(601), 1)
+        ]
+    );
+    let kept = sample_times(&reader, 11);
+    assert_eq!(kept.first(), Some(&cutoff));
+    assert_eq!(kept.len(), 603 - 401);
+}
+
+#[test]
+fn a_schema_1_store_is_read_and_marked_schema_2() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let mut store = Store::open(&path).unwrap();
+    store.apply_batch(BOOT, &snapshot(1, T0, &[11])).unwrap();
+    drop(store);
+    // Schema 1 moved samples into `samples`, one entry each.
+    {
+        let db = raw_writer(&path);
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("schema_version", 1u64.to_le_bytes().as_slice())
+            .unwrap();
+        txn.delete_table(SAMPLE_BLOCKS).unwrap();
+        let mut samples = txn.open_table(SAMPLES).unwrap();
+        let (boot, start, pid) = instance_key(BOOT, 11);
+        for (k, time) in [T0 - 2000, T0 - 1000].into_iter().enumerate() {
+            let bytes = prost::Message::encode_to_vec(&sample(11, k as f32));
+            samples
+                .insert((boot, start, pid, time), bytes.as_slice())
+                .unwrap();
+        }
+        drop(samples);
+        txn.commit().unwrap();
+    }
+    let version = |path: &Path| {
+        let db = reader_db(path);
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        let v = meta.get("schema_version").unwrap().unwrap();
+        u64::from_le_bytes(v.value().try_into().unwrap())
+    };
+    let reader = StoreReader::open(&path).unwrap();
+    assert_eq!(sample_times(&reader, 11), [T0 - 2000, T0 - 1000, T0]);
+    drop(reader);
+    let mut store = Store::open(&path).unwrap();
+    assert_eq!(version(&path), 2);
+    assert_eq!(store.compact_samples().unwrap(), 1);
+    let reader = StoreReader::open(&path).unwrap();
+    assert_eq!(sample_times(&reader, 11), [T0 - 2000, T0 - 1000, T0]);
+    let pruned = store.pruner().prune(T0 - 1500, || false).unwrap();
+    assert_eq!(pruned.samples, 1, "{pruned:?}");
+    assert_eq!(sample_times(&reader, 11), [T0 - 1000, T0]);
 }

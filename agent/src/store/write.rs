@@ -20,8 +20,8 @@ use tracing::{debug, warn};
 use crate::stats::AgentStats;
 use crate::store::alerts::{self, AlertWriter};
 use crate::store::schema::{
-    self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, META, RECENT, SAMPLES, SCAN_KEYS,
-    SCANS, ScanRecord, ShowKey,
+    self, BY_PID, EXITS, INSTANCES, InstanceKey, LATEST, LIVE, META, RECENT, SAMPLE_BLOCKS,
+    SAMPLES, SCAN_KEYS, SCANS, SampleBlock, ScanRecord, ShowKey,
 };
 use crate::store::{RedbResultExt, StoreError};
 
@@ -37,11 +37,16 @@ const WRITER_CACHE_BYTES: usize = 8 * 1024 * 1024;
 /// whole, so it stays this small.
 pub(crate) const COMPACT_AT: u64 = 65_536;
 
-/// Staged samples one transaction of [`Store::compact_samples`] moves at
-/// most: at 10,000 instances about 1,300 pages of `samples` (5 MiB) dirty
-/// at once, as many as one 1,000-sample batch written straight into
-/// `samples` made.
-const COMPACT_CHUNK: usize = 8_192;
+/// What one transaction of [`Store::compact_samples`] makes dirty at most
+/// (redb holds a transaction's dirty pages in memory until it commits),
+/// estimated as a page per instance (the leaf its new blocks go into)
+/// and the blocks' bytes. A move of 65,536 samples takes two transactions
+/// at 1,000 instances, about seven at 10,000; each commit is an
+/// `fdatasync`, most of a move's time.
+const MOVE_DIRTY_BYTES: usize = 6 * 1024 * 1024;
+
+/// redb's page size.
+const PAGE_BYTES: usize = 4096;
 
 /// Most instance keys one snapshot may collect for reconciliation. Far above
 /// any real host's process count; past it the snapshot is stored but does
@@ -153,6 +158,21 @@ impl PendingScan {
         }
     }
 
+    /// The same scan without the instances seen so far: what a failed
+    /// transaction leaves (the chunk it lost makes reconciliation unsafe).
+    fn without_seen(&self) -> PendingScan {
+        PendingScan {
+            boot: self.boot,
+            scan_seq: self.scan_seq,
+            time_ms: self.time_ms,
+            snapshot: self.snapshot,
+            next_chunk: self.next_chunk,
+            counts: self.counts,
+            seen: None,
+            digest: self.digest.clone(),
+        }
+    }
+
     fn continues(&self, boot: u128, batch: &ScanBatch) -> bool {
         self.boot == boot
             && self.scan_seq == batch.scan_seq
@@ -162,13 +182,155 @@ impl PendingScan {
     }
 }
 
-/// What one chunk's transaction did, merged into the pending scan on commit.
+/// One instance's staged samples, ascending by time, as stored (encoded).
+#[derive(Default)]
+struct Staged {
+    times_ms: Vec<i64>,
+    bytes: Vec<u8>,
+    /// Where each sample ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Staged {
+    fn push(&mut self, time_ms: i64, sample: &[u8]) {
+        self.times_ms.push(time_ms);
+        self.bytes.extend_from_slice(sample);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// The encoded samples `range` (indexes) covers.
+    fn samples(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = &[u8]> {
+        range.map(|i| {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            &self.bytes[start..self.ends[i]]
+        })
+    }
+}
+
+/// The block of `instance` with the newest first time at or before
+/// `until`, and its first time.
+fn block_before<T>(
+    blocks: &Table<'_, schema::SampleKey, &'static [u8]>,
+    path: &Path,
+    (boot, start, pid): InstanceKey,
+    until: i64,
+    read: impl FnOnce(&[u8], schema::SampleKey) -> Result<T, StoreError>,
+) -> Result<Option<(i64, T)>, StoreError> {
+    let mut range = blocks
+        .range((boot, start, pid, i64::MIN)..=(boot, start, pid, until))
+        .in_store(path)?;
+    match range.next_back() {
+        Some(entry) => {
+            let (key, value) = entry.in_store(path)?;
+            let key = key.value();
+            Ok(Some((key.3, read(value.value(), key)?)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Adds `staged` (one instance's samples) to its blocks in
+/// `sample_blocks`. Samples newer than its newest block make new blocks of
+/// up to [`schema::BLOCK_SAMPLES`], copied as they were staged: existing
+/// blocks are not written again, so a move writes about one page per
+/// instance, however many instances there are. An older sample (a
+/// replay's, or one moved before a crash) goes into the block that covers
+/// its time, replacing a sample of the same time.
+fn append_samples(
+    blocks: &mut Table<'_, schema::SampleKey, &'static [u8]>,
+    path: &Path,
+    instance: InstanceKey,
+    staged: Staged,
+) -> Result<(), StoreError> {
+    let (boot, start, pid) = instance;
+    // The newest block's newest time.
+    let newest = block_before(blocks, path, instance, i64::MAX, |bytes, key| {
+        let times: schema::BlockTimes = schema::decode(
+            path,
+            bytes,
+            "sample_blocks",
+            format_args!("{} time {}", ShowKey(instance), key.3),
+        )?;
+        Ok(times.times_ms.last().copied())
+    })?;
+    let end = newest.and_then(|(_, last)| last).unwrap_or(i64::MIN);
+    let split = staged.times_ms.partition_point(|&t| t <= end);
+    for (i, &time_ms) in staged.times_ms[..split].iter().enumerate() {
+        let bytes = staged.samples(i..i + 1).next().unwrap_or_default();
+        let sample: Sample = schema::decode(
+            path,
+            bytes,
+            "recent_samples",
+            format_args!("{} time {time_ms}", ShowKey(instance)),
+        )?;
+        let covering = block_before(blocks, path, instance, time_ms, |bytes, key| {
+            SampleBlock::decode_at(path, bytes, key)
+        })?;
+        let (at, block) = match covering {
+            Some((at, mut block)) => {
+                match block.times_ms.binary_search(&time_ms) {
+                    Ok(i) => block.samples[i] = sample,
+                    Err(i) => {
+                        block.times_ms.insert(i, time_ms);
+                        block.samples.insert(i, sample);
+                    }
+                }
+                (at, block)
+            }
+            // Older than every block: a block of its own.
+            None => (
+                time_ms,
+                SampleBlock {
+                    times_ms: vec![time_ms],
+                    samples: vec![sample],
+                },
+            ),
+        };
+        blocks
+            .insert((boot, start, pid, at), block.encode_to_vec().as_slice())
+            .in_store(path)?;
+    }
+    let mut next = split;
+    let total = staged.times_ms.len();
+    let mut bytes = Vec::new();
+    while next < total {
+        let range = next..(next + schema::BLOCK_SAMPLES).min(total);
+        bytes.clear();
+        schema::encode_block_part(
+            &staged.times_ms[range.clone()],
+            staged.samples(range.clone()),
+            &mut bytes,
+        );
+        blocks
+            .insert((boot, start, pid, staged.times_ms[next]), bytes.as_slice())
+            .in_store(path)?;
+        next = range.end;
+    }
+    Ok(())
+}
+
+/// The pending scan `batch` continues, or a new one it starts.
+fn resume(pending: Option<PendingScan>, boot: u128, batch: &ScanBatch) -> PendingScan {
+    match pending {
+        Some(p) if p.continues(boot, batch) => p,
+        previous => {
+            if let Some(p) = previous {
+                debug!(
+                    scan_seq = p.scan_seq,
+                    chunks = p.counts.chunks,
+                    "scan ended without its last chunk: no scan row written"
+                );
+            }
+            PendingScan::new(boot, batch)
+        }
+    }
+}
+
+/// What one chunk's writes did, merged into the pending scan.
 struct ChunkDone {
     counts: Counts,
     seen: HashSet<InstanceKey>,
     scan_id: Option<u64>,
-    /// Entries in `recent_samples` with this chunk's.
-    recent: u64,
 }
 
 /// The tables a batch writes, open in one write transaction.
@@ -294,13 +456,29 @@ impl Store {
                 }
                 e => StoreError::redb(path, e),
             })?;
-            schema::check_meta(path, &meta)?;
+            let found = schema::check_meta(path, &meta)?;
+            drop(meta);
+            if found < schema::SCHEMA_VERSION {
+                // Schema 1 differs only by `samples`, which stays readable:
+                // from now on moves write `sample_blocks`.
+                txn.open_table(META)
+                    .in_store(path)?
+                    .insert(
+                        schema::META_SCHEMA_VERSION,
+                        schema::SCHEMA_VERSION.to_le_bytes().as_slice(),
+                    )
+                    .in_store(path)?;
+                debug!(path = %path.display(), from = found, "store marked schema {}", schema::SCHEMA_VERSION);
+            }
         }
         let (next_scan_id, recent) = {
             let tables = Tables::open(&txn).map_err(|e| match e {
                 redb::TableError::TableTypeMismatch { table, .. } => StoreError::corrupt(
                     path,
-                    format!("table {table} has other key or value types than schema 1"),
+                    format!(
+                        "table {table} has other key or value types than schema {}",
+                        schema::SCHEMA_VERSION
+                    ),
                 ),
                 e => StoreError::redb(path, e),
             })?;
@@ -310,8 +488,10 @@ impl Store {
                 tables.recent.len().in_store(path)?,
             )
         };
-        // Only moves write `samples`: created here for a new store (and
-        // `recent_samples`, by `Tables::open`, for one older than it).
+        // Only moves write `sample_blocks`: created here for a new store
+        // (and `recent_samples`, by `Tables::open`, for one older than it).
+        // Schema 1's `samples` is read wherever it is: created empty.
+        txn.open_table(SAMPLE_BLOCKS).in_store(path)?;
         txn.open_table(SAMPLES).in_store(path)?;
         alerts::create_tables(&txn).in_store(path)?;
         txn.commit().in_store(path)?;
@@ -368,20 +548,79 @@ impl Store {
         boot_id: [u8; 16],
         batch: &ScanBatch,
     ) -> Result<BatchOutcome, StoreError> {
-        let boot = schema::boot_key(boot_id);
-        let mut pending = match self.pending.take() {
-            Some(p) if p.continues(boot, batch) => p,
-            previous => {
-                if let Some(p) = previous {
-                    debug!(
-                        scan_seq = p.scan_seq,
-                        chunks = p.counts.chunks,
-                        "scan ended without its last chunk: no scan row written"
-                    );
+        let mut outcomes = self.apply_batches(&[(boot_id, batch)])?;
+        Ok(outcomes.pop().expect("one outcome per batch"))
+    }
+
+    /// Applies several chunks, in order, in one write transaction: one
+    /// commit (one `fdatasync`) for all of them, and a page two of them
+    /// change is copied once. Stores exactly what applying them one at a
+    /// time would; either all are stored or none is. Returns one outcome
+    /// per chunk, in order.
+    pub fn apply_batches(
+        &mut self,
+        batches: &[([u8; 16], &ScanBatch)],
+    ) -> Result<Vec<BatchOutcome>, StoreError> {
+        let path = self.path.as_path();
+        // What to go back to if the transaction fails: the scan the first
+        // chunk belongs to, as it was before it.
+        let mut rollback: Option<PendingScan> = None;
+        let mut state = self.pending.take();
+        let mut next_scan_id = self.next_scan_id;
+        let mut outcomes = Vec::with_capacity(batches.len());
+        let written = (|| {
+            let txn = self.db.begin_write()?;
+            let recent = {
+                let mut t = Tables::open(&txn)?;
+                for &(boot_id, batch) in batches {
+                    let boot = schema::boot_key(boot_id);
+                    let pending = resume(state.take(), boot, batch);
+                    if rollback.is_none() {
+                        rollback = Some(pending.without_seen());
+                    }
+                    let (outcome, after) =
+                        self.write_chunk(&mut t, boot, batch, pending, &mut next_scan_id)?;
+                    outcomes.push(outcome);
+                    state = after;
                 }
-                PendingScan::new(boot, batch)
+                t.recent.len()?
+            };
+            txn.commit()?;
+            Ok::<u64, redb::Error>(recent)
+        })();
+        match written {
+            Ok(recent) => {
+                self.pending = state;
+                self.next_scan_id = next_scan_id;
+                self.recent = recent;
+                if self.recent >= self.compact_at
+                    && let Err(e) = self.compact_samples()
+                {
+                    // The batches are stored; the samples stay staged and
+                    // readable, and the next batch tries again.
+                    warn!(error = %e, "cannot move staged samples into the samples table");
+                }
+                Ok(outcomes)
             }
-        };
+            Err(e) => {
+                // The chunks are lost unless they are sent again; without
+                // them a snapshot cannot tell absent from unsent.
+                self.pending = rollback;
+                Err(StoreError::redb(path, e))
+            }
+        }
+    }
+
+    /// Writes one chunk into the open transaction and returns its outcome
+    /// and the pending scan after it (`None` once the scan is complete).
+    fn write_chunk(
+        &self,
+        t: &mut Tables<'_>,
+        boot: u128,
+        batch: &ScanBatch,
+        mut pending: PendingScan,
+        next_scan_id: &mut u64,
+    ) -> Result<(BatchOutcome, Option<PendingScan>), redb::StorageError> {
         if batch.chunk > pending.next_chunk && pending.seen.is_some() {
             warn!(
                 scan_seq = batch.scan_seq,
@@ -403,142 +642,124 @@ impl Store {
 
         // The digest as procmond computed it for its audit ledger, over
         // what arrived; stored with the scan for `sentinelcli audit verify`.
-        let mut digest = pending.digest.clone();
-        digest.update(batch);
-        let summary = batch.last_chunk.then(|| digest.clone().finish().digest);
-        match self.write(boot, batch, &pending, summary) {
-            Ok(done) => {
-                if done.counts.skipped > 0 {
-                    debug!(
-                        scan_seq = batch.scan_seq,
-                        skipped = done.counts.skipped,
-                        "entries naming unknown instances skipped"
-                    );
-                }
-                self.recent = done.recent;
-                if let Some(id) = done.scan_id {
-                    self.next_scan_id = self.next_scan_id.max(id.saturating_add(1));
-                } else {
-                    pending.counts.add(done.counts);
-                    pending.digest = digest;
-                    pending.next_chunk = batch.chunk.saturating_add(1);
-                    if let Some(seen) = &mut pending.seen {
-                        if seen.len() + done.seen.len() > MAX_SNAPSHOT_KEYS {
-                            warn!(
-                                scan_seq = batch.scan_seq,
-                                max = MAX_SNAPSHOT_KEYS,
-                                "snapshot too large to reconcile: absent instances are not marked exited"
-                            );
-                            pending.seen = None;
-                        } else {
-                            seen.extend(done.seen);
-                        }
-                    }
-                    self.pending = Some(pending);
-                }
-                if self.recent >= self.compact_at
-                    && let Err(e) = self.compact_samples()
-                {
-                    // The batch is stored; the samples stay staged and
-                    // readable, and the next batch tries again.
-                    warn!(error = %e, "cannot move staged samples into the samples table");
-                }
-                Ok(BatchOutcome {
-                    scan_id: done.scan_id,
-                    records,
-                })
-            }
-            Err(e) => {
-                // The chunk is lost unless it is sent again; without it a
-                // snapshot cannot tell absent from unsent.
+        pending.digest.update(batch);
+        let summary = batch
+            .last_chunk
+            .then(|| pending.digest.clone().finish().digest);
+        let done = self.write_tables(t, boot, batch, &pending, summary, *next_scan_id)?;
+        if done.counts.skipped > 0 {
+            debug!(
+                scan_seq = batch.scan_seq,
+                skipped = done.counts.skipped,
+                "entries naming unknown instances skipped"
+            );
+        }
+        let outcome = BatchOutcome {
+            scan_id: done.scan_id,
+            records,
+        };
+        if let Some(id) = done.scan_id {
+            *next_scan_id = (*next_scan_id).max(id.saturating_add(1));
+            return Ok((outcome, None));
+        }
+        pending.counts.add(done.counts);
+        pending.next_chunk = batch.chunk.saturating_add(1);
+        if let Some(seen) = &mut pending.seen {
+            if seen.len() + done.seen.len() > MAX_SNAPSHOT_KEYS {
+                warn!(
+                    scan_seq = batch.scan_seq,
+                    max = MAX_SNAPSHOT_KEYS,
+                    "snapshot too large to reconcile: absent instances are not marked exited"
+                );
                 pending.seen = None;
-                self.pending = Some(pending);
-                Err(e)
+            } else {
+                seen.extend(done.seen);
             }
         }
+        Ok((outcome, Some(pending)))
     }
 
-    /// Moves every staged sample from `recent_samples` into `samples`,
-    /// leaving out those of instances no longer stored (retention removed
-    /// them meanwhile). Runs by itself once [`COMPACT_AT`] samples are
-    /// staged; returns how many were moved.
+    /// Moves every staged sample from `recent_samples` into
+    /// `sample_blocks`, leaving out those of instances no longer stored
+    /// (retention removed them meanwhile). Runs by itself once
+    /// [`COMPACT_AT`] samples are staged; returns how many were moved.
     ///
-    /// The samples are moved in instance order, [`COMPACT_CHUNK`] a
-    /// transaction, so a transaction's dirty pages (kept in memory until
-    /// it commits) stay few; a last transaction drops the staging table's
-    /// pages at once. In between, a sample is in both tables, which
+    /// The staged samples are read in one pass, then moved in instance
+    /// order, transactions of [`MOVE_DIRTY_BYTES`] at most, so a
+    /// transaction's dirty pages (kept in memory until it commits) stay
+    /// few; the last one also drops the staging table's pages at once.
+    /// Each instance's samples become new blocks of up to
+    /// [`schema::BLOCK_SAMPLES`]: one write per instance and move instead
+    /// of one per sample. In between, a sample is in both tables, which
     /// readers count once; a crash in between leaves them staged, and the
-    /// next move writes the same rows again.
+    /// next move finds them stored already (a sample no newer than an
+    /// instance's newest block goes into the block that covers its time,
+    /// once).
     pub fn compact_samples(&mut self) -> Result<u64, StoreError> {
         let path = self.path.as_path();
-        let mut keys: Vec<schema::SampleKey> = {
+        // Every staged sample, read in one pass in the table's (time)
+        // order: its key, and where its bytes are in `bytes`. At most
+        // COMPACT_AT and a batch: a few MiB while the move runs.
+        let mut entries: Vec<(schema::SampleKey, u32, u32)> = Vec::new();
+        let mut bytes: Vec<u8> = Vec::new();
+        {
             let txn = self.db.begin_read().in_store(path)?;
             let recent = txn.open_table(RECENT).in_store(path)?;
-            recent
-                .iter()
-                .in_store(path)?
-                .map(|entry| entry.map(|(k, _)| schema::recent_to_sample(k.value())))
-                .collect::<Result<_, _>>()
-                .in_store(path)?
-        };
-        keys.sort_unstable();
+            for entry in recent.iter().in_store(path)? {
+                let (key, value) = entry.in_store(path)?;
+                let value = value.value();
+                let (Ok(at), Ok(len)) = (u32::try_from(bytes.len()), u32::try_from(value.len()))
+                else {
+                    // Past 4 GiB staged: the rest waits for the next move.
+                    break;
+                };
+                entries.push((schema::recent_to_sample(key.value()), at, len));
+                bytes.extend_from_slice(value);
+            }
+        }
+        entries.sort_unstable_by_key(|&(key, _, _)| key);
+        let runs: Vec<&[(schema::SampleKey, u32, u32)]> = entries
+            .chunk_by(|(a, _, _), (b, _, _)| (a.0, a.1, a.2) == (b.0, b.1, b.2))
+            .collect();
         let mut moved = 0_u64;
-        for chunk in keys.chunks(COMPACT_CHUNK) {
+        let mut runs = runs.into_iter().peekable();
+        loop {
             let txn = self.db.begin_write().in_store(path)?;
             {
-                let recent = txn.open_table(RECENT).in_store(path)?;
                 let instances = txn.open_table(INSTANCES).in_store(path)?;
-                let mut samples = txn.open_table(SAMPLES).in_store(path)?;
-                // The instance of the previous key, and whether it is stored.
-                let mut last: Option<(InstanceKey, bool)> = None;
-                for &key in chunk {
-                    let (boot, start, pid, time_ms) = key;
+                let mut blocks = txn.open_table(SAMPLE_BLOCKS).in_store(path)?;
+                let mut dirty = 0_usize;
+                while dirty < MOVE_DIRTY_BYTES {
+                    let Some(run) = runs.next() else { break };
+                    let ((boot, start, pid, _), _, _) = run[0];
                     let instance = (boot, start, pid);
-                    let stored = match last {
-                        Some((i, stored)) if i == instance => stored,
-                        _ => {
-                            let stored = instances.get(instance).in_store(path)?.is_some();
-                            last = Some((instance, stored));
-                            stored
-                        }
-                    };
-                    if !stored {
+                    if instances.get(instance).in_store(path)?.is_none() {
                         continue;
                     }
-                    let staged = (time_ms, boot, start, pid);
-                    if let Some(value) = recent.get(staged).in_store(path)? {
-                        samples.insert(key, value.value()).in_store(path)?;
-                        moved += 1;
+                    let mut staged = Staged::default();
+                    for &((_, _, _, time_ms), at, len) in run {
+                        let at = at as usize;
+                        staged.push(time_ms, &bytes[at..at + len as usize]);
                     }
+                    moved += staged.times_ms.len() as u64;
+                    // The leaf the new blocks go into, and the blocks.
+                    dirty += PAGE_BYTES + staged.bytes.len();
+                    append_samples(&mut blocks, path, instance, staged)?;
                 }
             }
+            if runs.peek().is_some() {
+                txn.commit().in_store(path)?;
+                continue;
+            }
+            // The last transaction drops the staging table's pages too.
+            txn.delete_table(RECENT).in_store(path)?;
+            txn.open_table(RECENT).in_store(path)?;
             txn.commit().in_store(path)?;
+            break;
         }
-        let txn = self.db.begin_write().in_store(path)?;
-        txn.delete_table(RECENT).in_store(path)?;
-        txn.open_table(RECENT).in_store(path)?;
-        txn.commit().in_store(path)?;
-        debug!(moved, "staged samples moved into the samples table");
+        debug!(moved, "staged samples moved into sample blocks");
         self.recent = 0;
         Ok(moved)
-    }
-
-    fn write(
-        &self,
-        boot: u128,
-        batch: &ScanBatch,
-        pending: &PendingScan,
-        digest: Option<[u8; 32]>,
-    ) -> Result<ChunkDone, StoreError> {
-        let path = self.path.as_path();
-        let txn = self.db.begin_write().in_store(path)?;
-        let done = {
-            let mut t = Tables::open(&txn).in_store(path)?;
-            self.write_tables(&mut t, boot, batch, pending, digest)
-                .in_store(path)?
-        };
-        txn.commit().in_store(path)?;
-        Ok(done)
     }
 
     fn write_tables(
@@ -548,6 +769,7 @@ impl Store {
         batch: &ScanBatch,
         pending: &PendingScan,
         digest: Option<[u8; 32]>,
+        next_scan_id: u64,
     ) -> Result<ChunkDone, redb::StorageError> {
         let time_ms = batch.time_ms;
         let track = pending.seen.is_some();
@@ -658,7 +880,7 @@ impl Store {
                 // A replayed scan keeps the row stored first.
                 Some(id) => id,
                 None => {
-                    let id = self.next_scan_id;
+                    let id = next_scan_id;
                     let row = ScanRecord {
                         time_ms,
                         process_count: batch.process_count,
@@ -689,7 +911,6 @@ impl Store {
             counts,
             seen,
             scan_id,
-            recent: t.recent.len()?,
         })
     }
 }
