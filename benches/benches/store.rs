@@ -3,7 +3,9 @@
 //!
 //! `started_1000`: a batch of 1,000 new instances with full records, as in a
 //! snapshot or a busy scan. `samples_1000`: the steady state, one sample for
-//! each of 1,000 live instances. Each measured batch goes into a store that
+//! each of 1,000 live instances. `samples_5x1000_grouped`: five such
+//! batches in one transaction, as the storage thread's group commit stores
+//! them. Each measured batch goes into a store that
 //! already holds the earlier ones; the store is replaced (untimed) every
 //! `BATCHES_PER_STORE` batches to bound the disk the run uses.
 
@@ -100,6 +102,45 @@ fn bench_store(c: &mut Criterion) {
                 let outcome = store
                     .apply_batch(BOOT, black_box(&batch))
                     .expect("batch stored");
+                elapsed += start.elapsed();
+                black_box(outcome);
+            }
+            elapsed
+        })
+    });
+
+    // The same samples, five batches per transaction: what the storage
+    // thread's group commit does when the collector has credit for
+    // several. Throughput is per record, as above.
+    const GROUP: u64 = 5;
+    group.throughput(Throughput::Elements(GROUP * u64::from(RECORDS)));
+    group.bench_function("samples_5x1000_grouped", |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            let (mut _dir, mut store) = populate();
+            for i in 0..iters {
+                if i > 0 && i % (BATCHES_PER_STORE / GROUP) == 0 {
+                    (_dir, store) = populate();
+                }
+                let batches: Vec<ScanBatch> = (0..GROUP)
+                    .map(|_| {
+                        tick += 1;
+                        ScanBatch {
+                            scan_seq: tick + 1,
+                            last_chunk: true,
+                            time_ms: T0 + tick as i64 * 1000,
+                            process_count: RECORDS,
+                            samples: (0..RECORDS).map(|pid| sample(pid, tick)).collect(),
+                            ..ScanBatch::default()
+                        }
+                    })
+                    .collect();
+                let group: Vec<([u8; 16], &ScanBatch)> =
+                    batches.iter().map(|batch| (BOOT, batch)).collect();
+                let start = Instant::now();
+                let outcome = store
+                    .apply_batches(black_box(&group))
+                    .expect("batches stored");
                 elapsed += start.elapsed();
                 black_box(outcome);
             }
