@@ -250,6 +250,15 @@ impl StoreReader {
     /// The samples of every stored instance that had `pid`, oldest first;
     /// `limit` keeps the newest N.
     pub fn history(&self, pid: u32, limit: Option<usize>) -> Result<Vec<HistoryPoint>, StoreError> {
+        fn at((boot, start, pid): InstanceKey, time_ms: i64, sample: Sample) -> HistoryPoint {
+            HistoryPoint {
+                boot_id: schema::boot_bytes(boot),
+                pid,
+                start_time: start,
+                time_ms,
+                sample,
+            }
+        }
         let path = self.path.as_path();
         let txn = self.begin()?;
         let by_pid = self.table(&txn, BY_PID)?;
@@ -258,12 +267,15 @@ impl StoreReader {
         if keep == 0 {
             return Ok(out);
         }
-        let point = |(boot, start, pid): InstanceKey, time_ms: i64, sample: Sample| HistoryPoint {
-            boot_id: schema::boot_bytes(boot),
-            pid,
-            start_time: start,
-            time_ms,
-            sample,
+        // A one-sample row (staged, or schema 1's) as a point.
+        let point = |table: &str, instance: InstanceKey, time_ms: i64, bytes: &[u8]| {
+            let sample = schema::decode(
+                path,
+                bytes,
+                table,
+                format_args!("{} time {time_ms}", ShowKey(instance)),
+            )?;
+            Ok::<_, StoreError>(at(instance, time_ms, sample))
         };
         let range = (pid, u128::MIN, i64::MIN)..=(pid, u128::MAX, i64::MAX);
         let mut instances = Vec::new();
@@ -281,14 +293,12 @@ impl StoreReader {
                 let (key, value) = row.in_store(path)?;
                 let (time_ms, boot, start, of) = key.value();
                 if of == pid && instances.contains(&(boot, start, of)) {
-                    let instance = (boot, start, of);
-                    let sample = schema::decode(
-                        path,
-                        value.value(),
+                    out.push(point(
                         "recent_samples",
-                        format_args!("{} time {time_ms}", ShowKey(instance)),
-                    )?;
-                    out.push(point(instance, time_ms, sample));
+                        (boot, start, of),
+                        time_ms,
+                        value.value(),
+                    )?);
                     staged += 1;
                 }
             }
@@ -310,7 +320,7 @@ impl StoreReader {
                         if read == want {
                             break 'blocks;
                         }
-                        out.push(point(instance, time_ms, sample));
+                        out.push(at(instance, time_ms, sample));
                         read += 1;
                     }
                 }
@@ -319,13 +329,7 @@ impl StoreReader {
             for row in legacy.range(range).in_store(path)?.rev().take(want - read) {
                 let (key, value) = row.in_store(path)?;
                 let (_, _, _, time_ms) = key.value();
-                let sample = schema::decode(
-                    path,
-                    value.value(),
-                    "samples",
-                    format_args!("{} time {time_ms}", ShowKey(instance)),
-                )?;
-                out.push(point(instance, time_ms, sample));
+                out.push(point("samples", instance, time_ms, value.value())?);
             }
         }
         out.sort_by_key(|p| (p.time_ms, p.start_time, p.boot_id));
