@@ -278,9 +278,9 @@ struct Detector {
     trigger: ReloadTrigger,
     /// Where the live process table is published for the HTTP endpoint.
     state: Arc<AgentState>,
-    /// A scan completed since the last publication: its duration and the
-    /// collector's figures.
-    unpublished: Option<(u64, crate::observe::CollectorSelf)>,
+    /// The scans completed since the last publication: their durations,
+    /// and the collector's figures with the last.
+    unpublished: Option<(Vec<u64>, crate::observe::CollectorSelf)>,
 }
 
 /// Starts the detection thread.
@@ -343,8 +343,8 @@ impl Detector {
                         let Ok(committed) = rx.try_recv() else { break };
                         self.on_batch(committed);
                     }
-                    if let Some((duration_us, collector)) = self.unpublished.take() {
-                        self.publish(duration_us, collector);
+                    if let Some((durations_us, collector)) = self.unpublished.take() {
+                        self.publish(&durations_us, collector);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -523,16 +523,23 @@ impl Detector {
             self.evaluate(&sampled, Which::OnSamples);
         }
         if last_chunk {
-            self.unpublished = Some((duration_us, collector.unwrap_or_default()));
+            let collector = collector.unwrap_or_default();
+            match &mut self.unpublished {
+                Some((durations, last)) => {
+                    durations.push(duration_us);
+                    *last = collector;
+                }
+                None => self.unpublished = Some((vec![duration_us], collector)),
+            }
         }
     }
 
     /// Publishes the live process table for the HTTP endpoint.
-    fn publish(&mut self, duration_us: u64, collector: crate::observe::CollectorSelf) {
+    fn publish(&mut self, durations_us: &[u64], collector: crate::observe::CollectorSelf) {
         let starts: Vec<i64> = self.live.values().map(|live| live.start_time()).collect();
         let rows = self.live.values_mut().map(|live| live.row()).collect();
         self.state
-            .publish_scan(rows, &starts, duration_us, collector);
+            .publish_scan(rows, &starts, durations_us, collector);
     }
 
     /// Evaluates the rule set on the live instances `pids`, stores new

@@ -41,10 +41,17 @@ const GROUP_RECORDS: u64 = 16_384;
 /// fails every batch of its group: the error is shared.
 pub(crate) type Stored = Result<BatchOutcome, Arc<StoreError>>;
 
+/// Set on a connection's first failed batch. Its later batches, queued
+/// already, are failed too without being stored: acknowledgements are
+/// cumulative and the collector sends them all again, and a later chunk
+/// stored without the failed one would complete its scan without it.
+pub(crate) type ConnectionFailure = Arc<std::sync::OnceLock<Arc<StoreError>>>;
+
 struct Job {
     boot_id: [u8; 16],
     batch: ScanBatch,
     reply: oneshot::Sender<Stored>,
+    failed: ConnectionFailure,
 }
 
 fn job_records(batch: &ScanBatch) -> u64 {
@@ -80,6 +87,7 @@ impl IngestHandle {
         &self,
         boot_id: [u8; 16],
         batch: ScanBatch,
+        failed: &ConnectionFailure,
     ) -> Result<oneshot::Receiver<Stored>, IngestClosed> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -87,6 +95,7 @@ impl IngestHandle {
                 boot_id,
                 batch,
                 reply,
+                failed: Arc::clone(failed),
             })
             .await
             .map_err(|_| IngestClosed)?;
@@ -126,12 +135,26 @@ pub(crate) fn spawn(
         let mut failed: u64 = 0;
         let mut group: Vec<Job> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
-            let mut records = job_records(&first.batch);
-            group.push(first);
-            while records < GROUP_RECORDS {
-                let Ok(job) = rx.try_recv() else { break };
+            let mut records = 0;
+            let mut next = Some(first);
+            loop {
+                let job = match next.take() {
+                    Some(job) => job,
+                    None if records >= GROUP_RECORDS => break,
+                    None => match rx.try_recv() {
+                        Ok(job) => job,
+                        Err(_) => break,
+                    },
+                };
+                if let Some(e) = job.failed.get() {
+                    let _ = job.reply.send(Err(Arc::clone(e)));
+                    continue;
+                }
                 records += job_records(&job.batch);
                 group.push(job);
+            }
+            if group.is_empty() {
+                continue;
             }
             let batches: Vec<([u8; 16], &ScanBatch)> =
                 group.iter().map(|job| (job.boot_id, &job.batch)).collect();
@@ -156,20 +179,22 @@ pub(crate) fn spawn(
                         );
                     }
                     failed = 0;
+                    let mut committed = Vec::with_capacity(group.len());
                     for (job, outcome) in group.drain(..).zip(outcomes) {
                         // The connection may have gone; the batch is stored either way.
                         let _ = job.reply.send(Ok(outcome));
-                        // Detection sees only what is committed, after the
-                        // ack is on its way: rules never delay storage.
-                        if let Some(detect) = &detect {
-                            let committed = Committed {
-                                boot_id: job.boot_id,
-                                batch: job.batch,
-                            };
-                            if !detect.send(committed) {
-                                tracing::error!("the detection thread has stopped; batches are stored but not evaluated");
-                            }
-                        }
+                        committed.push(Committed {
+                            boot_id: job.boot_id,
+                            batch: job.batch,
+                        });
+                    }
+                    // Detection sees only what is committed, after every
+                    // ack of the group is on its way: rules never delay
+                    // storage.
+                    if let Some(detect) = &detect
+                        && !committed.into_iter().all(|c| detect.send(c))
+                    {
+                        tracing::error!("the detection thread has stopped; batches are stored but not evaluated");
                     }
                 }
                 Err(e) => {
@@ -188,6 +213,7 @@ pub(crate) fn spawn(
                     }
                     let e = Arc::new(e);
                     for job in group.drain(..) {
+                        let _ = job.failed.set(Arc::clone(&e));
                         let _ = job.reply.send(Err(Arc::clone(&e)));
                     }
                 }

@@ -74,14 +74,16 @@ impl AgentState {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Publishes the live processes at the end of a scan: `rows`, with
-    /// each one's start time in `starts` (unix seconds, for the CPU-spike
-    /// tracker), and what procmond reported of itself with the scan.
+    /// Publishes the live processes at the end of a scan (or of the scans
+    /// evaluated since the last publication, whose durations are
+    /// `durations_us`): `rows`, with each one's start time in `starts`
+    /// (unix seconds, for the CPU-spike tracker), and what procmond
+    /// reported of itself with the last scan.
     pub(crate) fn publish_scan(
         &self,
         rows: Vec<Arc<ProcessRow>>,
         starts: &[i64],
-        duration_us: u64,
+        durations_us: &[u64],
         collector: CollectorSelf,
     ) {
         let now = Instant::now();
@@ -95,7 +97,9 @@ impl AgentState {
             );
         }
         p.spikes.finish_scan();
-        p.scan_durations.observe(duration_us as f64 / 1e6);
+        for &duration_us in durations_us {
+            p.scan_durations.observe(duration_us as f64 / 1e6);
+        }
         p.last_scan_at = Some(now);
         p.collector = Some(collector);
         p.processes = Arc::new(rows);

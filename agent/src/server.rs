@@ -40,17 +40,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::ingest::{IngestClosed, IngestHandle, Stored};
+use crate::ingest::{ConnectionFailure, IngestClosed, IngestHandle, Stored};
 use crate::stats::{AgentStats, RejectReason};
 
 /// Default credit: records the collector may have in flight beyond those
 /// acknowledged.
 pub const DEFAULT_PENDING_RECORDS: u64 = 1_000;
 
-/// Batches one connection may have with the storage thread, unacknowledged,
-/// and their encoded bytes at most (one batch is always let through). The
-/// collector's credit keeps it within these; they bound what a collector
-/// that ignores its credit can make the agent hold.
+/// A connection reads no further frame while it has this many batches with
+/// the storage thread, unacknowledged, or this many encoded bytes of them
+/// (the check comes before a read, so with one maximum-size frame it can
+/// hold up to twice that). The collector's credit keeps it well within
+/// these; they bound what a collector that ignores its credit can make
+/// the agent hold.
 const MAX_IN_FLIGHT: usize = 16;
 const MAX_IN_FLIGHT_BYTES: usize = 16 * 1024 * 1024;
 
@@ -367,16 +369,23 @@ async fn connection(
     // sequence order, and their encoded size.
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut in_flight_bytes = 0_usize;
+    let failure = ConnectionFailure::default();
     loop {
         let room = in_flight.is_empty()
             || (in_flight.len() < MAX_IN_FLIGHT && in_flight_bytes < MAX_IN_FLIGHT_BYTES);
         let envelope = tokio::select! {
             biased;
             () = shutdown.cancelled() => {
-                // Stop reading; acknowledge what is being stored.
+                // Stop reading; acknowledge what is being stored. procmond
+                // may be stopping too: a closed socket ends this quietly.
                 while !in_flight.is_empty() {
                     let first = oldest_outcome(&mut in_flight).await;
-                    acknowledge(framed, &mut out, &mut in_flight, &mut in_flight_bytes, first).await?;
+                    if acknowledge(framed, &mut out, &mut in_flight, &mut in_flight_bytes, first)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
                 }
                 return Ok(());
             }
@@ -420,7 +429,7 @@ async fn connection(
                 let bytes = prost::Message::encoded_len(&batch);
                 let reply = ctx
                     .ingest
-                    .submit(boot_id, batch)
+                    .submit(boot_id, batch, &failure)
                     .await
                     .map_err(|e| Rejection::Store(e.to_string()))?;
                 in_flight_bytes += bytes;

@@ -98,8 +98,9 @@ pub struct AgentStats {
     /// several batches in one).
     pub store_commits: AtomicU64,
     pub scans_stored: AtomicU64,
-    /// Batches that could not be stored, and store writes that found the
-    /// disk full (each counted once, however long it waited).
+    /// Write transactions that failed (each failing the batches it held),
+    /// and store writes that found the disk full (each counted once,
+    /// however long it waited).
     pub store_errors: AtomicU64,
     /// Set from a store write's failure until a batch is stored again.
     store_fault: Mutex<Option<StoreFault>>,

@@ -79,8 +79,10 @@ pub struct Snapshot {
 pub struct AgentCounters {
     /// Process records written to the store.
     pub records_stored: u64,
-    /// Batches (one redb transaction each) written to the store.
+    /// Batches written to the store.
     pub batches_stored: u64,
+    /// Write transactions that stored them (a group commit stores every
+    /// batch queued when it starts).
     pub store_commits: u64,
     /// Scans written to the store.
     pub scans_stored: u64,

@@ -325,10 +325,17 @@ impl StoreReader {
                     }
                 }
             }
-            // Schema 1's history, older than any block.
-            for row in legacy.range(range).in_store(path)?.rev().take(want - read) {
+            // Schema 1's history: older than the blocks, except what a
+            // replay stored in both; its newest `want`, with the blocks',
+            // hold the newest `keep` distinct times of the two. Once the
+            // blocks gave `want`, older rows cannot be among them.
+            let oldest = (read == want).then(|| out.last().map(|p: &HistoryPoint| p.time_ms));
+            for row in legacy.range(range).in_store(path)?.rev().take(want) {
                 let (key, value) = row.in_store(path)?;
                 let (_, _, _, time_ms) = key.value();
+                if oldest.flatten().is_some_and(|oldest| time_ms < oldest) {
+                    break;
+                }
                 out.push(point("samples", instance, time_ms, value.value())?);
             }
         }

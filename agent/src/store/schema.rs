@@ -54,7 +54,7 @@ pub(crate) const SAMPLES: TableDefinition<SampleKey, &[u8]> = TableDefinition::n
 pub(crate) const SAMPLE_BLOCKS: TableDefinition<SampleKey, &[u8]> =
     TableDefinition::new("sample_blocks");
 /// Samples as they arrive, keyed by time first so a batch's samples land
-/// together at the end of the table; moved into `samples` in bulk by
+/// together at the end of the table; moved into `sample_blocks` in bulk by
 /// `Store::compact_samples` (see `docs/store-format.md`).
 pub(crate) const RECENT: TableDefinition<RecentKey, &[u8]> = TableDefinition::new("recent_samples");
 pub(crate) const SCANS: TableDefinition<u64, &[u8]> = TableDefinition::new("scans");

@@ -1165,7 +1165,9 @@ fn samples_fill_blocks_and_a_late_sample_joins_the_block_that_covers_it() {
     let history = reader.history(11, None).unwrap();
     assert_eq!(history.len(), 603);
     assert_eq!(store.compact_samples().unwrap(), 3);
-    expected_blocks[4].1 += 1;
+    // The late one made its block 65: split in two.
+    expected_blocks[4].1 = 32;
+    expected_blocks.insert(5, (at(288), 33));
     expected_blocks.push((at(601), 1));
     assert_eq!(blocks_of(&path, 11), expected_blocks);
     assert_eq!(reader.history(11, None).unwrap(), history);
@@ -1245,4 +1247,49 @@ fn a_schema_1_store_is_read_and_marked_schema_2() {
     let pruned = store.pruner().prune(T0 - 1500, || false).unwrap();
     assert_eq!(pruned.samples, 1, "{pruned:?}");
     assert_eq!(sample_times(&reader, 11), [T0 - 1000, T0]);
+}
+
+#[test]
+fn samples_older_than_the_newest_block_keep_blocks_small() {
+    let dir = TempDir::new().unwrap();
+    let path = store_path(&dir);
+    let mut store = Store::open(&path).unwrap();
+    store.compact_at = u64::MAX;
+    let at = |k: i64| T0 + 1000 * k;
+    let mut batches = vec![snapshot(1, T0, &[11])];
+    batches.extend((1..=10).map(|k| ScanBatch {
+        samples: vec![sample(11, 1.0)],
+        ..scan(k as u64 + 1, at(k))
+    }));
+    let refs: Vec<([u8; 16], &ScanBatch)> = batches.iter().map(|b| (BOOT, b)).collect();
+    store.apply_batches(&refs).unwrap();
+    store.compact_samples().unwrap();
+    assert_eq!(blocks_of(&path, 11), [(T0, 11)]);
+    // The clock stepped back: 200 samples inside the first block's range.
+    let late: Vec<ScanBatch> = (1..=200)
+        .map(|ms| ScanBatch {
+            samples: vec![sample(11, 2.0)],
+            ..scan(100 + ms as u64, T0 + ms)
+        })
+        .collect();
+    let refs: Vec<([u8; 16], &ScanBatch)> = late.iter().map(|b| (BOOT, b)).collect();
+    store.apply_batches(&refs).unwrap();
+    assert_eq!(store.compact_samples().unwrap(), 200);
+    let blocks = blocks_of(&path, 11);
+    assert!(
+        blocks.iter().all(|&(_, n)| n <= schema::BLOCK_SAMPLES),
+        "{blocks:?}"
+    );
+    assert_eq!(blocks.iter().map(|&(_, n)| n).sum::<usize>(), 211);
+    let mut expected: Vec<i64> = (0..=200).map(|ms| T0 + ms).collect();
+    expected.extend((1..=10).map(at));
+    let reader = StoreReader::open(&path).unwrap();
+    assert_eq!(sample_times(&reader, 11), expected);
+    let newest: Vec<i64> = reader
+        .history(11, Some(12))
+        .unwrap()
+        .iter()
+        .map(|p| p.time_ms)
+        .collect();
+    assert_eq!(newest, expected[expected.len() - 12..]);
 }

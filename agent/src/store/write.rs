@@ -1,4 +1,6 @@
-//! The writer: applies the collector's batches, one write transaction each.
+//! The writer: applies the collector's batches, one write transaction per
+//! group of them (`Store::apply_batches`), and moves staged samples into
+//! the history.
 
 mod space;
 
@@ -29,7 +31,7 @@ use crate::store::{RedbResultExt, StoreError};
 /// stay small, and its writes touch the recent end of each table.
 const WRITER_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
-/// Samples `recent_samples` holds before they are moved into `samples`
+/// Samples `recent_samples` holds before they are moved into `sample_blocks`
 /// (about 6 MiB of redb pages). A batch appends its samples at the end of
 /// the time-ordered staging table, touching a few pages; moving them in
 /// bulk then touches each instance's page of `samples` once for all its
@@ -74,7 +76,7 @@ pub struct Store {
     space: Arc<space::SpaceWatch>,
     /// Entries in `recent_samples` after the last commit.
     recent: u64,
-    /// Staged samples that start a move into `samples` ([`COMPACT_AT`];
+    /// Staged samples that start a move into `sample_blocks` ([`COMPACT_AT`];
     /// tests set it lower).
     pub(crate) compact_at: u64,
 }
@@ -234,8 +236,12 @@ fn block_before<T>(
 /// up to [`schema::BLOCK_SAMPLES`], copied as they were staged: existing
 /// blocks are not written again, so a move writes about one page per
 /// instance, however many instances there are. An older sample (a
-/// replay's, or one moved before a crash) goes into the block that covers
-/// its time, replacing a sample of the same time.
+/// replay's, one moved before a crash, or one taken after the clock
+/// stepped back) goes into the block whose time range it falls in (or
+/// the newest one before it), replacing a sample of the same time; a
+/// block that grows past [`schema::BLOCK_SAMPLES`] is split in two.
+/// Blocks that do not decode do not stop the move: they are reported, and
+/// its samples stored beside them.
 fn append_samples(
     blocks: &mut Table<'_, schema::SampleKey, &'static [u8]>,
     path: &Path,
@@ -243,7 +249,8 @@ fn append_samples(
     staged: Staged,
 ) -> Result<(), StoreError> {
     let (boot, start, pid) = instance;
-    // The newest block's newest time.
+    // The newest block's newest time. A block that does not decode is
+    // reported, and every sample then takes the careful path below.
     let newest = block_before(blocks, path, instance, i64::MAX, |bytes, key| {
         let times: schema::BlockTimes = schema::decode(
             path,
@@ -252,21 +259,44 @@ fn append_samples(
             format_args!("{} time {}", ShowKey(instance), key.3),
         )?;
         Ok(times.times_ms.last().copied())
-    })?;
-    let end = newest.and_then(|(_, last)| last).unwrap_or(i64::MIN);
+    });
+    let end = match newest {
+        Ok(newest) => newest.and_then(|(_, last)| last).unwrap_or(i64::MIN),
+        Err(e @ StoreError::Corrupt { .. }) => {
+            warn!(error = %e, "sample block undecodable: samples moved one by one");
+            i64::MAX
+        }
+        Err(e) => return Err(e),
+    };
     let split = staged.times_ms.partition_point(|&t| t <= end);
     for (i, &time_ms) in staged.times_ms[..split].iter().enumerate() {
         let bytes = staged.samples(i..i + 1).next().unwrap_or_default();
-        let sample: Sample = schema::decode(
+        let sample: Sample = match schema::decode(
             path,
             bytes,
             "recent_samples",
             format_args!("{} time {time_ms}", ShowKey(instance)),
-        )?;
-        let covering = block_before(blocks, path, instance, time_ms, |bytes, key| {
+        ) {
+            Ok(sample) => sample,
+            Err(e) => {
+                warn!(error = %e, "staged sample undecodable: not moved");
+                continue;
+            }
+        };
+        let covering = match block_before(blocks, path, instance, time_ms, |bytes, key| {
             SampleBlock::decode_at(path, bytes, key)
-        })?;
-        let (at, block) = match covering {
+        }) {
+            Ok(covering) => covering,
+            Err(e @ StoreError::Corrupt { .. }) => {
+                // The sample gets a block of its own (replacing the bad
+                // one if it starts at the same time): later samples of
+                // the move find that one.
+                warn!(error = %e, "sample block undecodable: a sample stored beside it");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let (at, mut block) = match covering {
             Some((at, mut block)) => {
                 match block.times_ms.binary_search(&time_ms) {
                     Ok(i) => block.samples[i] = sample,
@@ -286,6 +316,21 @@ fn append_samples(
                 },
             ),
         };
+        if block.samples.len() > schema::BLOCK_SAMPLES {
+            // Full: its newer half becomes a block of its own, so a run of
+            // late samples (a clock stepped back) keeps blocks small.
+            let half = block.samples.len() / 2;
+            let newer = SampleBlock {
+                times_ms: block.times_ms.split_off(half),
+                samples: block.samples.split_off(half),
+            };
+            blocks
+                .insert(
+                    (boot, start, pid, newer.times_ms[0]),
+                    newer.encode_to_vec().as_slice(),
+                )
+                .in_store(path)?;
+        }
         blocks
             .insert((boot, start, pid, at), block.encode_to_vec().as_slice())
             .in_store(path)?;
@@ -598,14 +643,15 @@ impl Store {
                 {
                     // The batches are stored; the samples stay staged and
                     // readable, and the next batch tries again.
-                    warn!(error = %e, "cannot move staged samples into the samples table");
+                    warn!(error = %e, "cannot move staged samples into the sample history");
                 }
                 Ok(outcomes)
             }
             Err(e) => {
                 // The chunks are lost unless they are sent again; without
-                // them a snapshot cannot tell absent from unsent.
-                self.pending = rollback;
+                // them a snapshot cannot tell absent from unsent. (Failing
+                // before the first chunk leaves the scan as it was.)
+                self.pending = rollback.or_else(|| state.map(|p| p.without_seen()));
                 Err(StoreError::redb(path, e))
             }
         }
