@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sentineld_agent::store::Store;
-use sentineld_benches::synthetic::{record, sample};
+use sentineld_benches::synthetic::{record, sample_scan};
 use sentineld_proto::v1::ScanBatch;
 use tempfile::TempDir;
 
@@ -90,14 +90,7 @@ fn bench_store(c: &mut Criterion) {
                     (_dir, store) = populate();
                 }
                 tick += 1;
-                let batch = ScanBatch {
-                    scan_seq: tick + 1,
-                    last_chunk: true,
-                    time_ms: T0 + tick as i64 * 1000,
-                    process_count: RECORDS,
-                    samples: (0..RECORDS).map(|pid| sample(pid, tick)).collect(),
-                    ..ScanBatch::default()
-                };
+                let batch = sample_scan(T0, tick, RECORDS);
                 let start = Instant::now();
                 let outcome = store
                     .apply_batch(BOOT, black_box(&batch))
@@ -125,14 +118,7 @@ fn bench_store(c: &mut Criterion) {
                 let batches: Vec<ScanBatch> = (0..GROUP)
                     .map(|_| {
                         tick += 1;
-                        ScanBatch {
-                            scan_seq: tick + 1,
-                            last_chunk: true,
-                            time_ms: T0 + tick as i64 * 1000,
-                            process_count: RECORDS,
-                            samples: (0..RECORDS).map(|pid| sample(pid, tick)).collect(),
-                            ..ScanBatch::default()
-                        }
+                        sample_scan(T0, tick, RECORDS)
                     })
                     .collect();
                 let group: Vec<([u8; 16], &ScanBatch)> =

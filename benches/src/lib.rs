@@ -50,7 +50,21 @@ pub fn millis(d: Duration) -> String {
 /// Synthetic records the benches and load tools share: one service
 /// process's instance, sample and full record, by pid.
 pub mod synthetic {
-    use sentineld_proto::v1::{ExeInfo, HashStatus, InstanceRef, ProcessRecord, Sample};
+    use sentineld_proto::v1::{ExeInfo, HashStatus, InstanceRef, ProcessRecord, Sample, ScanBatch};
+
+    /// Scan number `tick` (from 1) of `records` processes with pids from
+    /// 0, each sampled, taken `tick` seconds after `t0_ms`: the steady
+    /// state the store and end-to-end benches write.
+    pub fn sample_scan(t0_ms: i64, tick: u64, records: u32) -> ScanBatch {
+        ScanBatch {
+            scan_seq: tick + 1,
+            last_chunk: true,
+            time_ms: t0_ms + i64::try_from(tick).unwrap_or(i64::MAX / 1000) * 1000,
+            process_count: records,
+            samples: (0..records).map(|pid| sample(pid, tick)).collect(),
+            ..ScanBatch::default()
+        }
+    }
 
     /// The instance of `pid` (one start time for all).
     pub fn instance(pid: u32) -> InstanceRef {

@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use sentineld_benches::synthetic::{record, sample};
+use sentineld_benches::synthetic::{record, sample_scan};
 use sentineld_benches::{sibling_binary, terminate};
 use sentineld_proto::codec;
 use sentineld_proto::v1::{Envelope, Handshake, Role, ScanBatch, envelope::Body};
@@ -172,14 +172,7 @@ fn run(socket: &Path, seconds: u64, records: u32) -> Result<(f64, f64), String> 
                 ..ScanBatch::default()
             }
         } else {
-            ScanBatch {
-                scan_seq: tick + 1,
-                last_chunk: true,
-                time_ms: T0 + tick as i64 * 1000,
-                process_count: records,
-                samples: (0..records).map(|pid| sample(pid, tick)).collect(),
-                ..ScanBatch::default()
-            }
+            sample_scan(T0, tick, records)
         };
         let need = u64::from(records);
         // Honour the credit as procmond does (a batch larger than the whole
