@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::detect::{Committed, DetectHandle};
 use crate::stats::AgentStats;
-use crate::store::{BatchOutcome, Store, StoreError};
+use crate::store::{BatchOutcome, Store, StoreError, batch_records};
 
 /// Batches waiting for the storage thread. Small: backpressure reaches the
 /// collector through unacknowledged batches, not through agent memory.
@@ -52,10 +52,6 @@ struct Job {
     batch: ScanBatch,
     reply: oneshot::Sender<Stored>,
     failed: ConnectionFailure,
-}
-
-fn job_records(batch: &ScanBatch) -> u64 {
-    (batch.started.len() + batch.updated.len() + batch.exited.len() + batch.samples.len()) as u64
 }
 
 /// Sends batches to the storage thread.
@@ -150,7 +146,7 @@ pub(crate) fn spawn(
                     let _ = job.reply.send(Err(Arc::clone(e)));
                     continue;
                 }
-                records += job_records(&job.batch);
+                records += batch_records(&job.batch);
                 group.push(job);
             }
             if group.is_empty() {

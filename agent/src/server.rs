@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::prelude::*;
-use sentineld_proto::v1::{Ack, CreditGrant, Envelope, Handshake, Role, ScanBatch, envelope::Body};
+use sentineld_proto::v1::{Ack, CreditGrant, Envelope, Handshake, Role, envelope::Body};
 use sentineld_proto::{FrameCodec, FrameError, PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::codec::Framed;
@@ -425,7 +425,6 @@ async fn connection(
         last_seq = envelope.sequence;
         match envelope.body {
             Some(Body::ScanBatch(batch)) => {
-                let records = batch_records(&batch);
                 let bytes = prost::Message::encoded_len(&batch);
                 let reply = ctx
                     .ingest
@@ -435,7 +434,6 @@ async fn connection(
                 in_flight_bytes += bytes;
                 in_flight.push_back(InFlight {
                     sequence: envelope.sequence,
-                    records,
                     bytes,
                     reply,
                 });
@@ -453,7 +451,6 @@ async fn connection(
 /// A batch the storage thread has, waiting to be acknowledged.
 struct InFlight {
     sequence: u64,
-    records: u64,
     bytes: usize,
     reply: oneshot::Receiver<Stored>,
 }
@@ -495,9 +492,8 @@ async fn acknowledge(
                 break;
             }
         };
-        debug_assert_eq!(stored.records, oldest.records);
         acked = Some(oldest.sequence);
-        records += oldest.records;
+        records += stored.records;
         *in_flight_bytes -= oldest.bytes;
         match in_flight.front_mut().map(|next| next.reply.try_recv()) {
             Some(Ok(next)) => outcome = Some(next),
@@ -512,10 +508,6 @@ async fn acknowledge(
             .await?;
     }
     failure.map_or(Ok(()), Err)
-}
-
-fn batch_records(batch: &ScanBatch) -> u64 {
-    (batch.started.len() + batch.exited.len() + batch.samples.len() + batch.updated.len()) as u64
 }
 
 fn check_version(envelope: &Envelope) -> Result<(), Rejection> {

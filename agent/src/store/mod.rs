@@ -25,6 +25,7 @@ pub use read::{
     StoredBytes, StoredInstance, StoredProcess,
 };
 pub use retention::{Pruned, Pruner};
+pub(crate) use write::batch_records;
 pub use write::{BatchOutcome, Store};
 
 /// Why a store could not be opened, read or written.

@@ -55,6 +55,12 @@ const PAGE_BYTES: usize = 4096;
 /// not mark missing instances exited.
 const MAX_SNAPSHOT_KEYS: usize = 1 << 20;
 
+/// Entries a batch carries (started + updated + exited + samples),
+/// skipped ones included: what it counts against the collector's credit.
+pub(crate) fn batch_records(batch: &ScanBatch) -> u64 {
+    (batch.started.len() + batch.updated.len() + batch.exited.len() + batch.samples.len()) as u64
+}
+
 /// What storing one batch chunk did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchOutcome {
@@ -186,27 +192,9 @@ impl PendingScan {
 
 /// One instance's staged samples, ascending by time, as stored (encoded).
 #[derive(Default)]
-struct Staged {
+struct Staged<'a> {
     times_ms: Vec<i64>,
-    bytes: Vec<u8>,
-    /// Where each sample ends in `bytes`.
-    ends: Vec<usize>,
-}
-
-impl Staged {
-    fn push(&mut self, time_ms: i64, sample: &[u8]) {
-        self.times_ms.push(time_ms);
-        self.bytes.extend_from_slice(sample);
-        self.ends.push(self.bytes.len());
-    }
-
-    /// The encoded samples `range` (indexes) covers.
-    fn samples(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = &[u8]> {
-        range.map(|i| {
-            let start = if i == 0 { 0 } else { self.ends[i - 1] };
-            &self.bytes[start..self.ends[i]]
-        })
-    }
+    samples: Vec<&'a [u8]>,
 }
 
 /// The block of `instance` with the newest first time at or before
@@ -246,7 +234,7 @@ fn append_samples(
     blocks: &mut Table<'_, schema::SampleKey, &'static [u8]>,
     path: &Path,
     instance: InstanceKey,
-    staged: Staged,
+    staged: Staged<'_>,
 ) -> Result<(), StoreError> {
     let (boot, start, pid) = instance;
     // The newest block's newest time. A block that does not decode is
@@ -270,7 +258,7 @@ fn append_samples(
     };
     let split = staged.times_ms.partition_point(|&t| t <= end);
     for (i, &time_ms) in staged.times_ms[..split].iter().enumerate() {
-        let bytes = staged.samples(i..i + 1).next().unwrap_or_default();
+        let bytes = staged.samples[i];
         let sample: Sample = match schema::decode(
             path,
             bytes,
@@ -343,7 +331,7 @@ fn append_samples(
         bytes.clear();
         schema::encode_block_part(
             &staged.times_ms[range.clone()],
-            staged.samples(range.clone()),
+            staged.samples[range.clone()].iter().copied(),
             &mut bytes,
         );
         blocks
@@ -676,15 +664,7 @@ impl Store {
             );
             pending.seen = None;
         }
-        let records = [
-            batch.started.len(),
-            batch.updated.len(),
-            batch.exited.len(),
-            batch.samples.len(),
-        ]
-        .iter()
-        .map(|&n| n as u64)
-        .sum();
+        let records = batch_records(batch);
 
         // The digest as procmond computed it for its audit ledger, over
         // what arrived; stored with the scan for `sentinelcli audit verify`.
@@ -764,11 +744,10 @@ impl Store {
             }
         }
         entries.sort_unstable_by_key(|&(key, _, _)| key);
-        let runs: Vec<&[(schema::SampleKey, u32, u32)]> = entries
-            .chunk_by(|(a, _, _), (b, _, _)| (a.0, a.1, a.2) == (b.0, b.1, b.2))
-            .collect();
         let mut moved = 0_u64;
-        let mut runs = runs.into_iter().peekable();
+        let mut runs = entries
+            .chunk_by(|(a, _, _), (b, _, _)| (a.0, a.1, a.2) == (b.0, b.1, b.2))
+            .peekable();
         loop {
             let txn = self.db.begin_write().in_store(path)?;
             {
@@ -783,13 +762,16 @@ impl Store {
                         continue;
                     }
                     let mut staged = Staged::default();
+                    let mut staged_bytes = 0;
                     for &((_, _, _, time_ms), at, len) in run {
                         let at = at as usize;
-                        staged.push(time_ms, &bytes[at..at + len as usize]);
+                        staged.times_ms.push(time_ms);
+                        staged.samples.push(&bytes[at..at + len as usize]);
+                        staged_bytes += len as usize;
                     }
                     moved += staged.times_ms.len() as u64;
                     // The leaf the new blocks go into, and the blocks.
-                    dirty += PAGE_BYTES + staged.bytes.len();
+                    dirty += PAGE_BYTES + staged_bytes;
                     append_samples(&mut blocks, path, instance, staged)?;
                 }
             }
